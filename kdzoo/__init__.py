@@ -1,0 +1,25 @@
+"""kdzoo: a timm-style zoo of knowledge-distilled object detectors."""
+from .pretrained import PretrainedCfg
+from .registry import (
+    create_detector,
+    get_pretrained_cfg,
+    list_detectors,
+    list_pretrained,
+    register_detector,
+    register_pretrained_cfgs,
+)
+
+# Importing the family modules registers their detectors.
+from . import atss, fcos, gfl, retinanet  # noqa: E402,F401
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PretrainedCfg",
+    "create_detector",
+    "get_pretrained_cfg",
+    "list_detectors",
+    "list_pretrained",
+    "register_detector",
+    "register_pretrained_cfgs",
+]

@@ -1,0 +1,181 @@
+"""Shared structure of the dense heads: two conv towers, per-level predictors, decoding and
+post-processing. Families (``retinanet.py``, ``fcos.py``, ``atss.py``, ``gfl.py``) add their
+predictors, priors, box decoding and losses.
+
+The tower API is public and small, so distillers never reach into private modules:
+
+* ``forward_tower(x, branch, start, stop, activate_last)`` runs layers ``start..stop-1`` of the
+  ``'cls'`` or ``'reg'`` tower. When ``start > 0`` the input is the *pre-activation* output of
+  layer ``start - 1`` (the ReLU is applied first), so a tower can be split anywhere.
+* ``predict_level(cls_feat, reg_feat, level)`` runs the predictors on final tower features.
+* ``forward(feats, tap=i)`` also returns the pre-activation features after layer ``i``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.ops import batched_nms
+
+from .layers import ConvModule
+
+__all__ = ["DenseHead", "TestCfg", "flatten_levels"]
+
+LevelOutputs = dict[str, torch.Tensor]
+
+
+@dataclass
+class TestCfg:
+    """MMDetection's test-time settings for dense heads."""
+
+    nms_pre: int = 1000
+    score_thr: float = 0.05
+    nms_iou: float = 0.5
+    max_per_img: int = 100
+    min_bbox_size: float = 0.0
+
+
+def flatten_levels(outputs: list[LevelOutputs], key: str, channels: int) -> torch.Tensor:
+    """[N, A*k, H, W] per level -> [N, sum(H*W*A), k], location-major and anchor-minor like the priors."""
+    return torch.cat([o[key].permute(0, 2, 3, 1).reshape(o[key].shape[0], -1, channels) for o in outputs], 1)
+
+
+class DenseHead(nn.Module):
+    #: ``'cls'`` and ``'reg'`` output channels per prior; set by each family
+    reg_channels: int = 4
+    #: a per-prior quality branch multiplied into the scores at test time (FCOS, ATSS)
+    has_centerness: bool = False
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 256,
+        feat_channels: int = 256,
+        stacked_convs: int = 4,
+        strides: tuple[int, ...] = (8, 16, 32, 64, 128),
+        norm: str | None = "gn",
+        num_anchors: int = 1,
+        test_cfg: TestCfg | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.feat_channels = feat_channels
+        self.stacked_convs = stacked_convs
+        self.strides = tuple(strides)
+        self.num_anchors = num_anchors
+        self.test_cfg = test_cfg or TestCfg()
+        chans = [in_channels] + [feat_channels] * stacked_convs
+        self.cls_convs = nn.ModuleList(ConvModule(chans[i], chans[i + 1], norm=norm) for i in range(stacked_convs))
+        self.reg_convs = nn.ModuleList(ConvModule(chans[i], chans[i + 1], norm=norm) for i in range(stacked_convs))
+
+    def init_weights(self, cls_predictor: nn.Conv2d, prior_prob: float = 0.01) -> None:
+        """MMDetection's head init: N(0, 0.01) convs, classification bias at prior 0.01."""
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        nn.init.constant_(cls_predictor.bias, -torch.log(torch.tensor((1 - prior_prob) / prior_prob)).item())
+
+    # ----------------------------------------------------------------- tower API
+    def tower(self, branch: str) -> nn.ModuleList:
+        if branch == "cls":
+            return self.cls_convs
+        if branch == "reg":
+            return self.reg_convs
+        raise ValueError(f"branch must be 'cls' or 'reg', got {branch!r}")
+
+    def forward_tower(self, x: torch.Tensor, branch: str, start: int = 0, stop: int | None = None,
+                      activate_last: bool = True) -> torch.Tensor:
+        convs = self.tower(branch)
+        stop = len(convs) if stop is None else stop
+        if not 0 <= start <= stop <= len(convs):
+            raise ValueError(f"tower layers must satisfy 0 <= start <= stop <= {len(convs)}, got {start}, {stop}")
+        if start > 0:
+            x = F.relu(x)
+        for i in range(start, stop):
+            x = convs[i](x, activate=activate_last or i < stop - 1)
+        return x
+
+    def predict_level(self, cls_feat: torch.Tensor, reg_feat: torch.Tensor, level: int) -> LevelOutputs:
+        raise NotImplementedError
+
+    def forward(self, feats: list[torch.Tensor], tap: int | None = None):
+        """Per-level raw outputs; with ``tap=i`` also the pre-activation tower features after ``i``
+        layers (``{'cls': ..., 'reg': ...}`` per level; ``i = 0`` gives the FPN feature)."""
+        outputs, taps = [], []
+        for level, x in enumerate(feats):
+            if tap is None:
+                cls_feat, reg_feat = self.forward_tower(x, "cls"), self.forward_tower(x, "reg")
+            else:
+                cls_mid = self.forward_tower(x, "cls", 0, tap, activate_last=False)
+                reg_mid = self.forward_tower(x, "reg", 0, tap, activate_last=False)
+                taps.append({"cls": cls_mid, "reg": reg_mid})
+                cls_feat, reg_feat = self.forward_tower(cls_mid, "cls", tap), self.forward_tower(reg_mid, "reg", tap)
+            outputs.append(self.predict_level(cls_feat, reg_feat, level))
+        return outputs if tap is None else (outputs, taps)
+
+    # ----------------------------------------------------------- priors and boxes
+    def priors(self, sizes: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
+        """Per-level priors: anchors [H*W*A, 4] or points [H*W, 2]."""
+        raise NotImplementedError
+
+    def decode(self, reg: torch.Tensor, priors: torch.Tensor, strides: torch.Tensor,
+               max_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """Regression outputs [K, reg_channels] at ``priors`` [K, ...] -> xyxy boxes [K, 4]."""
+        raise NotImplementedError
+
+    def prior_strides(self, priors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([p.new_full((len(p),), float(s)) for p, s in zip(priors, self.strides)])
+
+    @staticmethod
+    def level_sizes(outputs: list[LevelOutputs]) -> list[tuple[int, int]]:
+        return [tuple(o["cls"].shape[-2:]) for o in outputs]
+
+    def flatten(self, outputs: list[LevelOutputs]) -> dict[str, torch.Tensor]:
+        flat = {"cls": flatten_levels(outputs, "cls", self.num_classes), "reg": flatten_levels(outputs, "reg", self.reg_channels)}
+        if self.has_centerness:
+            flat["centerness"] = flatten_levels(outputs, "centerness", 1)[..., 0]
+        return flat
+
+    # --------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict(self, outputs: list[LevelOutputs], image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        cfg = self.test_cfg
+        priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
+        results = []
+        for i, size in enumerate(image_sizes):
+            boxes_l, scores_l, labels_l = [], [], []
+            for level, (o, pri) in enumerate(zip(outputs, priors)):
+                scores = o["cls"][i].permute(1, 2, 0).reshape(-1, self.num_classes).float().sigmoid()
+                # MMDetection's filter_scores_and_topk: threshold, then keep the nms_pre best (prior, class) pairs.
+                keep = torch.nonzero(scores > cfg.score_thr)
+                kept_scores = scores[keep[:, 0], keep[:, 1]]
+                if len(kept_scores) > cfg.nms_pre:
+                    kept_scores, order = kept_scores.topk(cfg.nms_pre)
+                    keep = keep[order]
+                idx, labels = keep[:, 0], keep[:, 1]
+                reg = o["reg"][i].permute(1, 2, 0).reshape(-1, self.reg_channels)[idx].float()
+                stride = torch.full((len(idx),), float(self.strides[level]), device=reg.device)
+                boxes = self.decode(reg, pri[idx], stride, max_shape=size)
+                if self.has_centerness:
+                    kept_scores = kept_scores * o["centerness"][i].reshape(-1)[idx].float().sigmoid()
+                boxes_l.append(boxes)
+                scores_l.append(kept_scores)
+                labels_l.append(labels)
+            boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
+            wh = boxes[:, 2:] - boxes[:, :2]
+            ok = (wh > cfg.min_bbox_size).all(1)
+            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
+            keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.max_per_img]
+            results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+        return results
+
+    def loss(self, outputs: list[LevelOutputs], targets: list[dict], image_sizes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

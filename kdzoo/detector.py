@@ -1,0 +1,96 @@
+"""A dense one-stage detector: transform -> backbone -> FPN -> head -> decode -> post-process."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .backbone import TimmBackbone
+from .dense_head import DenseHead
+from .fpn import FPN
+from .pretrained import PretrainedCfg
+from .transform import DetectionTransform, ImageBatch
+
+__all__ = ["DenseDetector", "check_targets"]
+
+
+def check_targets(targets: object, num_images: int, num_classes: int) -> None:
+    if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+        raise ValueError(f"targets must be a list with one dict per image ({num_images}), got {type(targets).__name__}"
+                         + (f" of length {len(targets)}" if isinstance(targets, (list, tuple)) else ""))
+    for i, t in enumerate(targets):
+        if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
+            raise ValueError(f"targets[{i}] must be a dict with 'boxes' [N, 4] and 'labels' [N]")
+        boxes, labels = t["boxes"], t["labels"]
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"targets[{i}]['boxes'] has shape {tuple(boxes.shape)}; expected [N, 4] xyxy")
+        if labels.dim() != 1 or len(labels) != len(boxes):
+            raise ValueError(f"targets[{i}]['labels'] has shape {tuple(labels.shape)}; expected [{len(boxes)}]")
+        if len(boxes):
+            bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
+            if bad.any():
+                j = int(bad.nonzero()[0])
+                raise ValueError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has x2 < x1 or y2 < y1; "
+                                 "boxes must be absolute xyxy")
+            if labels.min() < 0 or labels.max() >= num_classes:
+                raise ValueError(f"targets[{i}]['labels'] has values in [{int(labels.min())}, {int(labels.max())}]; "
+                                 f"expected 0-based class indices below num_classes={num_classes}")
+
+
+class DenseDetector(nn.Module):
+    """``model(images: list[Tensor[3,H,W]] in 0..1, targets=None)``.
+
+    Training returns a dict of losses; eval returns ``[{boxes, scores, labels}]`` per image in
+    that image's own pixel coordinates (labels are 0-based class indices).
+    """
+
+    def __init__(self, backbone: TimmBackbone, neck: FPN, bbox_head: DenseHead, transform: DetectionTransform,
+                 *, pretrained_cfg: PretrainedCfg | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.neck = neck
+        self.bbox_head = bbox_head
+        self.transform = transform
+        self.pretrained_cfg = pretrained_cfg or PretrainedCfg()
+        self.num_classes = bbox_head.num_classes
+        self.inference_dtype: torch.dtype | None = None
+        # Set by the registry: how to rebuild this model (config.json).
+        self.arch_name: str = ""
+        self.build_kwargs: dict[str, Any] = {}
+
+    def set_inference_precision(self, dtype: torch.dtype | str | None) -> "DenseDetector":
+        """Fast path: run backbone, neck and head under autocast (``'bf16'`` on CPUs with AVX-512
+        BF16/AMX, ``'fp16'``/``'bf16'`` on GPUs) with channels-last memory; decoding and NMS stay fp32."""
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if dtype not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"inference precision must be 'bf16', 'fp16', 'fp32' or None, got {dtype!r}")
+        self.inference_dtype = dtype
+        return self
+
+    def preprocess(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[ImageBatch, list[dict] | None]:
+        batch, targets = self.transform(images, targets)
+        batch.tensors = batch.tensors.contiguous(memory_format=torch.channels_last)
+        return batch, targets
+
+    def extract_feats(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.neck(self.backbone(x))
+
+    def _autocast(self):
+        if self.inference_dtype is None or self.training:
+            return contextlib.nullcontext()
+        device_type = next(self.parameters()).device.type
+        return torch.autocast(device_type, dtype=self.inference_dtype)
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode (call model.eval() for inference)")
+            check_targets(targets, len(images), self.num_classes)
+        batch, targets = self.preprocess(images, targets)
+        with self._autocast():
+            outputs = self.bbox_head(self.extract_feats(batch.tensors))
+        if self.training:
+            return self.bbox_head.loss(outputs, targets, batch.image_sizes)
+        return self.transform.postprocess(self.bbox_head.predict(outputs, batch.image_sizes), batch)
