@@ -1,0 +1,225 @@
+"""COCO box evaluation (pycocotools COCOeval, iouType="bbox").
+
+The evaluator only converts model outputs into plain COCO result dicts; the metric is
+computed from a flat results list by :func:`evaluate_results`, so a distributed engine
+can gather per-rank lists (``state_dict``/``merge``) and evaluate once on rank 0.
+
+Metrics are percentages (0..100). A metric that pycocotools reports as undefined (-1:
+no ground truth in that area range / class) is returned as NaN so it cannot silently
+pull averages down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+__all__ = ["CocoEvaluator", "evaluate_results", "format_table", "save_results_json"]
+
+# Order of COCOeval.stats for iouType="bbox".
+_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+HEADLINE = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _pct(v: float) -> float:
+    return float("nan") if v < 0 else float(v) * 100.0
+
+
+def _category_names(coco_gt: COCO, cat_ids: list[int], categories: Sequence[str] | None) -> list[str]:
+    if categories is None:
+        return [coco_gt.cats[c]["name"] for c in cat_ids]
+    if len(categories) != len(cat_ids):
+        raise ValueError(
+            f"categories has {len(categories)} names but the ground truth has {len(cat_ids)} categories; "
+            "expected one name per category, ordered by category id"
+        )
+    return list(categories)
+
+
+def _results_coco(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
+    """Build the detections COCO object (what COCO.loadRes does, with clearer errors)."""
+    anns = []
+    for i, r in enumerate(results):
+        try:
+            x, y, w, h = (float(v) for v in r["bbox"])
+            img, cat, score = int(r["image_id"]), int(r["category_id"]), float(r["score"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"result {i} is not a COCO bbox result {{image_id, category_id, bbox[4], score}}: {r!r}") from e
+        if img not in coco_gt.imgs:
+            raise ValueError(f"result {i} has image_id {img}, which is not in the ground truth")
+        if cat not in coco_gt.cats:
+            raise ValueError(f"result {i} has category_id {cat}, which is not in the ground truth")
+        anns.append({
+            "id": i + 1, "image_id": img, "category_id": cat, "score": score,
+            "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
+        })
+    dt = COCO()
+    dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]), "annotations": anns}
+    with contextlib.redirect_stdout(io.StringIO()):
+        dt.createIndex()
+    return dt
+
+
+def evaluate_results(
+    coco_gt: COCO,
+    results: list[dict[str, Any]],
+    categories: Sequence[str] | None = None,
+    image_ids: Iterable[int] | None = None,
+) -> dict[str, Any]:
+    """COCO bbox metrics for a flat list of result dicts.
+
+    Args:
+        coco_gt: ground truth.
+        results: ``{"image_id", "category_id", "bbox": [x,y,w,h], "score"}`` dicts.
+        categories: display names, one per ground-truth category sorted by id (default:
+            the names in ``coco_gt``).
+        image_ids: restrict evaluation to these images (default: all ground-truth images,
+            so images without any detection count as misses).
+
+    Returns:
+        ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
+        "ARl": float, "per_class": {name: AP}, "summary": str}``.
+    """
+    cat_ids = sorted(coco_gt.getCatIds())
+    names = _category_names(coco_gt, cat_ids, categories)
+    img_ids = sorted(coco_gt.getImgIds()) if image_ids is None else sorted(set(int(i) for i in image_ids))
+    missing = [i for i in img_ids if i not in coco_gt.imgs]
+    if missing:
+        raise ValueError(f"image_ids {missing[:5]} are not in the ground truth")
+
+    ev = COCOeval(coco_gt, _results_coco(coco_gt, results), iouType="bbox")
+    ev.params.imgIds = img_ids
+    ev.params.catIds = cat_ids
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):  # COCOeval prints timings; keep only the table
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    metrics: dict[str, Any] = {k: _pct(v) for k, v in zip(_STAT_NAMES, ev.stats)}
+    # precision: [IoU thresholds, recall points, classes, area ranges, max dets];
+    # area "all" (0) and maxDets=100 (-1) as in the headline AP.
+    precision = ev.eval["precision"]
+    per_class = {}
+    for k, name in enumerate(names):
+        p = precision[:, :, k, 0, -1]
+        p = p[p > -1]
+        per_class[name] = float(np.mean(p)) * 100.0 if p.size else float("nan")
+    metrics["per_class"] = per_class
+    metrics["summary"] = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
+    return metrics
+
+
+class CocoEvaluator:
+    """Accumulates model outputs as COCO results and evaluates them.
+
+    Args:
+        coco_gt: ground truth (``dataset.coco``).
+        label_to_cat_id: COCO category id of each 0-based label (``dataset.label_to_cat_id``).
+    """
+
+    def __init__(self, coco_gt: COCO, label_to_cat_id: Sequence[int]) -> None:
+        unknown = [c for c in label_to_cat_id if c not in coco_gt.cats]
+        if unknown:
+            raise ValueError(f"label_to_cat_id contains category ids {unknown} that are not in the ground truth")
+        self.coco_gt = coco_gt
+        self.label_to_cat_id = [int(c) for c in label_to_cat_id]
+        # image_id -> its results; keyed so that duplicated images (DistributedSampler
+        # pads the last batch by repeating samples) are counted once.
+        self._by_image: dict[int, list[dict[str, Any]]] = {}
+
+    @property
+    def image_ids(self) -> list[int]:
+        return list(self._by_image)
+
+    def update(self, image_ids: Sequence[int], outputs: Sequence[Mapping[str, Any]]) -> None:
+        """Add eval-mode model outputs (boxes xyxy in original image coords, labels 0-based)."""
+        if len(image_ids) != len(outputs):
+            raise ValueError(f"got {len(image_ids)} image_ids but {len(outputs)} outputs; expected one output per image")
+        n_cls = len(self.label_to_cat_id)
+        for img_id, out in zip(image_ids, outputs):
+            img_id = int(img_id.item() if isinstance(img_id, torch.Tensor) else img_id)
+            boxes = torch.as_tensor(out["boxes"]).detach().float().cpu().reshape(-1, 4)
+            scores = torch.as_tensor(out["scores"]).detach().float().cpu().reshape(-1)
+            labels = torch.as_tensor(out["labels"]).detach().cpu().long().reshape(-1)
+            if not (len(boxes) == len(scores) == len(labels)):
+                raise ValueError(
+                    f"output for image {img_id}: boxes/scores/labels lengths differ ({len(boxes)}/{len(scores)}/{len(labels)})"
+                )
+            if len(labels) and (labels.min() < 0 or labels.max() >= n_cls):
+                raise ValueError(f"output for image {img_id}: labels must be in [0, {n_cls}), got {labels.min()}..{labels.max()}")
+            xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+            self._by_image[img_id] = [
+                {"image_id": img_id, "category_id": self.label_to_cat_id[l], "bbox": b, "score": s}
+                for b, s, l in zip(xywh, scores.tolist(), labels.tolist())
+            ]
+
+    def results(self) -> list[dict[str, Any]]:
+        return [r for rs in self._by_image.values() for r in rs]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Picklable per-rank state for ``all_gather_object``."""
+        return {"image_ids": self.image_ids, "results": self.results()}
+
+    def merge(self, states: Iterable[Mapping[str, Any] | Sequence[dict[str, Any]]]) -> None:
+        """Merge other ranks' ``state_dict()``s (or plain result lists); images seen already are skipped."""
+        for st in states:
+            if isinstance(st, Mapping):
+                ids, results = [int(i) for i in st["image_ids"]], st["results"]
+            else:  # a plain results list: images without detections cannot be recovered
+                results = list(st)
+                ids = list(dict.fromkeys(int(r["image_id"]) for r in results))
+            new = [i for i in ids if i not in self._by_image]
+            for i in new:
+                self._by_image[i] = []
+            keep = set(new)
+            for r in results:
+                if int(r["image_id"]) in keep:
+                    self._by_image[int(r["image_id"])].append(r)
+
+    def summarize(self, categories: Sequence[str] | None = None, all_images: bool = False) -> dict[str, Any]:
+        """Metrics over the images seen so far (or every ground-truth image if ``all_images``)."""
+        ids = None if all_images or not self._by_image else self.image_ids
+        return evaluate_results(self.coco_gt, self.results(), categories, image_ids=ids)
+
+
+def format_table(metrics: Mapping[str, Any], digits: int = 1) -> str:
+    """Human-readable headline metrics plus a per-class AP table."""
+
+    def fmt(v: float) -> str:
+        return "n/a" if v is None or math.isnan(v) else f"{v:.{digits}f}"
+
+    head = [k for k in HEADLINE if k in metrics]
+    lines = ["  ".join(f"{k:>6}" for k in head), "  ".join(f"{fmt(metrics[k]):>6}" for k in head)]
+    per_class = metrics.get("per_class") or {}
+    if per_class:
+        width = max(8, *(len(n) for n in per_class))
+        lines += ["", f"{'class':<{width}}  {'AP':>6}", "-" * (width + 8)]
+        lines += [f"{n:<{width}}  {fmt(v):>6}" for n, v in per_class.items()]
+    return "\n".join(lines)
+
+
+def save_results_json(path: str | Path, results: list[dict[str, Any]]) -> Path:
+    """Write COCO results atomically (temp file + rename) so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(results, f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
