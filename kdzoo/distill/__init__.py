@@ -1,0 +1,103 @@
+"""Distillers: a student detector trained against a frozen teacher (docs/architecture.md, "Distillers").
+
+``build_distiller(method, student, teacher, **options)`` returns an ``nn.Module`` whose
+``forward(images, targets)`` gives the student's detection losses plus the weighted
+distillation losses (every key prefixed ``loss_``). Methods live one per file and register
+themselves with :func:`register_distiller`.
+
+The teacher is deliberately *not* a submodule: it stays out of ``state_dict()``,
+``parameters()``, ``train()`` and DDP's parameter broadcast, yet follows ``.to()`` /
+``.cuda()`` / ``.half()`` so it always sits on the student's device.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, TypeVar
+
+import torch
+import torch.nn as nn
+
+__all__ = ["Distiller", "register_distiller", "build_distiller", "list_distillers"]
+
+_DISTILLERS: dict[str, type["Distiller"]] = {}
+D = TypeVar("D", bound=type["Distiller"])
+
+
+class Distiller(nn.Module):
+    """Base class: holds ``student`` (a submodule) and a frozen ``teacher`` (not a submodule).
+
+    Subclasses implement :meth:`forward`. ``state_dict()`` holds the student and any learned
+    adapters (what a resume needs); :meth:`student_state_dict` holds the plain student only.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
+        super().__init__()
+        if not isinstance(student, nn.Module) or not isinstance(teacher, nn.Module):
+            raise TypeError(f"student and teacher must be nn.Modules, got {type(student).__name__} "
+                            f"and {type(teacher).__name__}")
+        if student is teacher:
+            raise ValueError("student and teacher are the same object; pass a separate (e.g. deep-copied) teacher")
+        self.student = student
+        teacher.eval()
+        teacher.requires_grad_(False)
+        # A tuple hides the teacher from nn.Module's registration (and so from state_dict,
+        # parameters, named_modules, train/eval and DDP).
+        self._teacher: tuple[nn.Module] = (teacher,)
+        self.progress = 0.0
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def train(self, mode: bool = True) -> "Distiller":
+        super().train(mode)
+        self.teacher.eval()  # the teacher's BatchNorm always uses its running statistics
+        return self
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], *args: Any, **kwargs: Any) -> "Distiller":
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def set_progress(self, t: float) -> None:
+        """Training progress in [0, 1] for methods with decay schedules; stored, unused by default."""
+        if not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"progress must be in [0, 1], got {t}")
+        self.progress = float(t)
+
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """The plain student's weights (adapters and teacher excluded): loads into a fresh student."""
+        return self.student.state_dict()
+
+    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+def register_distiller(name: str) -> Callable[[D], D]:
+    """Class decorator: ``@register_distiller('crosskd')``."""
+    def wrap(cls: D) -> D:
+        if name in _DISTILLERS:
+            raise ValueError(f"distiller {name!r} is registered twice")
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise TypeError(f"{cls!r} registered as distiller {name!r} must subclass Distiller")
+        _DISTILLERS[name] = cls
+        return cls
+    return wrap
+
+
+def list_distillers() -> list[str]:
+    return sorted(_DISTILLERS)
+
+
+def build_distiller(method: str, student: nn.Module, teacher: nn.Module, **options: Any) -> Distiller:
+    """Wrap ``student`` and a frozen ``teacher`` with the distillation ``method``; ``options``
+    are the method's keyword arguments (e.g. CrossKD's ``mode``, ``layer``, loss weights)."""
+    if method not in _DISTILLERS:
+        close = difflib.get_close_matches(str(method), _DISTILLERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown distillation method {method!r}{hint}; available: {list_distillers()}")
+    return _DISTILLERS[method](student, teacher, **options)
+
+
+# Importing the method modules registers them.
+from . import crosskd  # noqa: E402,F401

@@ -1,0 +1,334 @@
+"""CrossKD: cross-head knowledge distillation (METHODS.md §1) for GFL, ATSS, RetinaNet and FCOS.
+
+The student's head feature after tower layer ``layer`` (pre-activation) is aligned to the
+teacher's per-channel statistics and run through the *frozen teacher's* remaining tower
+layers and predictors; the KD losses compare that cross-head prediction with the teacher's
+own prediction, so the student's later head layers see only detection losses.
+
+One code path, four modes (``mode=``), so the baselines differ from CrossKD by one switch:
+
+* ``'crosskd'``      KD losses on the cross-head predictions (the method);
+* ``'mimic'``        the same KD losses on the student's own predictions (prediction mimicking);
+* ``'pkd'``          the PKD feature loss on the FPN levels only;
+* ``'crosskd+pkd'``  and ``'mimic+pkd'``: both terms.
+
+Normalisers follow the reference implementation (METHODS.md §1, "Reference implementation
+facts"); where it is silent or inconsistent the choice is documented at the loss.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..assigners import IGNORE, ATSSAssigner, fcos_assign
+from ..atss import ATSSHead
+from ..dense_head import DenseHead, LevelOutputs
+from ..detector import check_targets
+from ..dist import reduce_mean
+from ..fcos import FCOSHead, centerness_target
+from ..gfl import GFLHead
+from ..losses import giou_loss, iou_loss
+from ..retinanet import RetinaHead
+from ..transform import ImageBatch
+from . import Distiller, register_distiller
+
+__all__ = [
+    "CrossKD",
+    "StudentAssignment",
+    "align_statistics",
+    "assign_priors",
+    "distribution_kl_loss",
+    "kd_quality_focal_loss",
+    "pkd_loss",
+]
+
+#: Reference defaults per head family (METHODS.md §1): tower layer index, loss weights.
+FAMILY_DEFAULTS: dict[type[DenseHead], dict[str, float]] = {
+    GFLHead: dict(layer=3, cls=1.0, reg=4.0, centerness=0.0, pkd=6.0),
+    RetinaHead: dict(layer=3, cls=1.0, reg=1.0, centerness=0.0, pkd=2.0),
+    ATSSHead: dict(layer=3, cls=1.0, reg=1.0, centerness=1.0, pkd=1.0),
+    FCOSHead: dict(layer=2, cls=0.4, reg=0.75, centerness=0.0, pkd=2.0),
+}
+MODES = ("crosskd", "mimic", "pkd", "crosskd+pkd", "mimic+pkd")
+BRANCHES = ("cls", "reg")
+
+
+# ------------------------------------------------------------------------------------ losses
+def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std over (N, H, W); unbiased like the reference, except on a single
+    element (a 1x1 P7 map of one image) where the unbiased std is undefined."""
+    correction = 1 if x.numel() // x.shape[1] > 1 else 0
+    return x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True, correction=correction)
+
+
+def _standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    mean, std = _channel_stats(x)
+    return (x - mean) / (std + eps)
+
+
+def align_statistics(student_feat: torch.Tensor, teacher_feat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """METHODS.md §1 "Alignment": standardise the student feature per channel over (N, H, W) and
+    rescale it to the teacher's per-channel mean/std at the same tower position (no parameters)."""
+    if student_feat.shape[1] != teacher_feat.shape[1]:
+        raise ValueError(f"student feature has {student_feat.shape[1]} channels, teacher feature "
+                         f"{teacher_feat.shape[1]}; an adapter must map one onto the other first")
+    t_mean, t_std = _channel_stats(teacher_feat.detach())
+    return _standardise(student_feat, eps) * t_std + t_mean
+
+
+def kd_quality_focal_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """KD quality focal loss, element-wise [K, C]: BCE-with-logits against the teacher's sigmoid
+    scores, modulated by |sigmoid(logits) - target|^beta (no temperature)."""
+    target = teacher_logits.detach().sigmoid()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return bce * (logits.sigmoid() - target).abs().pow(beta)
+
+
+def distribution_kl_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) between softmax distributions over the last dim, per row [K].
+
+    Like the reference's ``KnowledgeDistillationKLDivLoss`` (class_reduction='mean') the
+    per-bin terms are *averaged* over the bins and scaled by T^2."""
+    target = F.softmax(teacher_logits.detach() / temperature, -1)
+    kl = F.kl_div(F.log_softmax(logits / temperature, -1), target, reduction="none")
+    return kl.mean(-1) * temperature ** 2
+
+
+def pkd_loss(feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
+    """PKD (METHODS.md §1, "+PKD"): both maps normalised per channel over (N, H, W), then MSE / 2."""
+    return F.mse_loss(_standardise(feat), _standardise(teacher_feat.detach())) / 2
+
+
+# --------------------------------------------------------------------------- assignment
+@dataclass
+class StudentAssignment:
+    """What the KD normalisers need from the student's label assignment."""
+
+    positive: torch.Tensor  # [N, P] bool
+    valid: torch.Tensor  # [N, P] bool; False where the assigner ignores the prior (RetinaNet IoU 0.4..0.5)
+    num_pos: torch.Tensor  # the detection losses' avg factor: positives, mean over processes, >= 1
+    centerness_sum: torch.Tensor  # sum of the positives' centerness targets (FCOS's normaliser), >= 1e-6
+
+
+def assign_priors(head: DenseHead, outputs: list[LevelOutputs], targets: list[dict]) -> StudentAssignment:
+    """Run the head's own assigner on its own priors (the same calls its ``loss`` makes), so the KD
+    losses are averaged over the student's positives as in the reference. ``targets`` are in
+    the resized frame (``DenseDetector.preprocess``)."""
+    device = outputs[0]["cls"].device
+    level_priors = head.priors(head.level_sizes(outputs), device)
+    priors = torch.cat(level_priors)
+    if isinstance(head, FCOSHead):
+        ranges = torch.cat([priors.new_tensor(r).expand(len(p), 2) for r, p in zip(head.regress_ranges, level_priors)])
+        assigned = [fcos_assign(priors, ranges, t["boxes"]) for t in targets]
+    elif isinstance(head.assigner, ATSSAssigner):
+        per_level = [len(p) for p in level_priors]
+        assigned = [head.assigner(priors, per_level, t["boxes"]) for t in targets]
+    else:
+        assigned = [head.assigner(priors, t["boxes"]) for t in targets]
+    assigned = torch.stack(assigned)
+    positive = assigned >= 0
+    ctr = []
+    if isinstance(head, FCOSHead):
+        for a, t in zip(assigned, targets):
+            pos = a >= 0
+            gt, pts = t["boxes"][a[pos]], priors[pos]
+            ctr.append(centerness_target(torch.cat([pts - gt[:, :2], gt[:, 2:] - pts], 1)).sum())
+    centerness_sum = torch.stack(ctr).sum() if ctr else priors.new_zeros(())
+    return StudentAssignment(
+        positive=positive,
+        valid=assigned != IGNORE,
+        num_pos=reduce_mean(positive.sum().float()).clamp(min=1.0),
+        centerness_sum=reduce_mean(centerness_sum.float()).clamp(min=1e-6),
+    )
+
+
+# ------------------------------------------------------------------------------ distiller
+def _head_channels(head: DenseHead, layer: int) -> int:
+    return head.feat_channels if layer > 0 else head.in_channels
+
+
+def check_pair(student: nn.Module, teacher: nn.Module) -> tuple[DenseHead, DenseHead]:
+    """Fail early, naming both values, when the teacher's predictions cannot be compared with
+    the student's location by location (different families, classes, strides, priors, bins)."""
+    for role, model in (("student", student), ("teacher", teacher)):
+        head = getattr(model, "bbox_head", None)
+        if not isinstance(head, tuple(FAMILY_DEFAULTS)):
+            raise TypeError(f"CrossKD supports dense detectors with a GFL, ATSS, RetinaNet or FCOS head; the "
+                            f"{role} has bbox_head of type {type(head).__name__}")
+    s, t = student.bbox_head, teacher.bbox_head
+    if type(s) is not type(t):
+        raise ValueError(f"student and teacher heads must be the same family: student {type(s).__name__}, "
+                         f"teacher {type(t).__name__}")
+    for attr in ("num_classes", "strides", "num_anchors", "reg_channels"):
+        if getattr(s, attr) != getattr(t, attr):
+            raise ValueError(f"student and teacher differ in {attr}: student {getattr(s, attr)}, "
+                             f"teacher {getattr(t, attr)}")
+    if getattr(s, "reg_max", None) != getattr(t, "reg_max", None):
+        raise ValueError(f"student and teacher differ in reg_max: student {s.reg_max}, teacher {t.reg_max}")
+    sizes = [(2, 3)] * len(s.strides)
+    if not all(torch.equal(a, b) for a, b in zip(s.priors(sizes, "cpu"), t.priors(sizes, "cpu"))):
+        layout = lambda h: {k: getattr(h.anchor_generator, k) for k in ("scales", "ratios")}  # noqa: E731
+        raise ValueError(f"student and teacher anchor layouts differ: student {layout(s)}, teacher {layout(t)}")
+    return s, t
+
+
+@register_distiller("crosskd")
+class CrossKD(Distiller):
+    """``build_distiller('crosskd', student, teacher, mode='crosskd', layer=None, ...)``.
+
+    Args:
+        mode: one of ``MODES`` (see the module docstring).
+        layer: tower layer whose pre-activation output feeds the teacher's head (``0``: the FPN
+            feature); defaults 3, and 2 for FCOS.
+        loss_cls_weight, loss_reg_weight, loss_centerness_weight, loss_pkd_weight: ``None``
+            takes the family's reference weight (``FAMILY_DEFAULTS``).
+        beta: KD-QFL modulation exponent. temperature: GFL distribution KL temperature.
+        align: per-channel statistics alignment of the student feature (the reference: on).
+
+    Different head widths (or FPN widths when ``layer=0``) are bridged by a learned 1x1 conv
+    per branch on the student's tap feature; different FPN widths by one 1x1 conv for PKD.
+    Both are trained with the student and left out of :meth:`student_state_dict`.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, mode: str = "crosskd", layer: int | None = None,
+                 loss_cls_weight: float | None = None, loss_reg_weight: float | None = None,
+                 loss_centerness_weight: float | None = None, loss_pkd_weight: float | None = None,
+                 beta: float = 1.0, temperature: float = 1.0, align: bool = True) -> None:
+        super().__init__(student, teacher)
+        s_head, t_head = check_pair(student, teacher)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        parts = set(mode.split("+"))
+        self.mode = mode
+        self.cross_head, self.mimic, self.pkd = "crosskd" in parts, "mimic" in parts, "pkd" in parts
+        defaults = FAMILY_DEFAULTS[type(s_head)]
+        self.layer = int(defaults["layer"] if layer is None else layer)
+        depth = min(s_head.stacked_convs, t_head.stacked_convs)
+        if self.cross_head and not 0 <= self.layer <= depth:
+            raise ValueError(f"layer must be in [0, {depth}] (student stacked_convs {s_head.stacked_convs}, "
+                             f"teacher stacked_convs {t_head.stacked_convs}), got {self.layer}")
+        given = {"cls": loss_cls_weight, "reg": loss_reg_weight, "centerness": loss_centerness_weight, "pkd": loss_pkd_weight}
+        self.loss_weights = {k: float(defaults[k] if v is None else v) for k, v in given.items()}
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.beta, self.temperature, self.align = beta, temperature, align
+
+        s_ch, t_ch = _head_channels(s_head, self.layer), _head_channels(t_head, self.layer)
+        self.tap_adapters = (nn.ModuleDict({b: nn.Conv2d(s_ch, t_ch, 1) for b in BRANCHES})
+                             if self.cross_head and s_ch != t_ch else None)
+        s_fpn, t_fpn = student.neck.out_channels, teacher.neck.out_channels
+        self.feat_adapter = nn.Conv2d(s_fpn, t_fpn, 1) if self.pkd and s_fpn != t_fpn else None
+        self.to(next(student.parameters()).device)
+
+    # ------------------------------------------------------------------ pieces
+    def _teacher_inputs(self, batch: ImageBatch) -> torch.Tensor:
+        """The student's padded batch re-normalised for the teacher when their transforms differ
+        (e.g. a caffe-style BGR teacher), with the padding zero as the teacher's transform pads."""
+        s, t = self.student.transform, self.teacher.transform
+        x = batch.tensors
+        if s.bgr == t.bgr and torch.equal(s.mean, t.mean.to(s.mean)) and torch.equal(s.std, t.std.to(s.std)):
+            return x
+        raw = x * s.std + s.mean
+        if s.bgr != t.bgr:
+            raw = raw.flip(1)
+        x = (raw - t.mean.to(raw)) / t.std.to(raw)
+        mask = torch.zeros_like(x[:, :1])
+        for m, (h, w) in zip(mask, batch.image_sizes):
+            m[:, :h, :w] = 1
+        return x * mask
+
+    def cross_head_predictions(self, student_taps: list[dict[str, torch.Tensor]],
+                               teacher_taps: list[dict[str, torch.Tensor]]) -> list[LevelOutputs]:
+        """The student's tap features through the teacher's tower layers ``layer..`` and predictors
+        (with the teacher's per-level ``Scale``), per level."""
+        head = self.teacher.bbox_head
+        outputs = []
+        for level, (s_tap, t_tap) in enumerate(zip(student_taps, teacher_taps)):
+            feats = {}
+            for branch in BRANCHES:
+                x = s_tap[branch]
+                if self.tap_adapters is not None:
+                    x = self.tap_adapters[branch](x)
+                if self.align:
+                    x = align_statistics(x, t_tap[branch])
+                feats[branch] = head.forward_tower(x, branch, start=self.layer)
+            outputs.append(head.predict_level(feats["cls"], feats["reg"], level))
+        return outputs
+
+    def prediction_kd_losses(self, preds: list[LevelOutputs], teacher_outputs: list[LevelOutputs],
+                             assignment: StudentAssignment) -> dict[str, torch.Tensor]:
+        """The KD losses of METHODS.md §1 between ``preds`` (cross-head or the student's own) and
+        the teacher's outputs, taken over every location (no region selection)."""
+        head = self.student.bbox_head
+        p, t = head.flatten(preds), head.flatten(teacher_outputs)
+        valid = assignment.valid.to(p["cls"].dtype)
+        is_fcos = isinstance(head, FCOSHead)
+        # The reference averages FCOS's KD terms by the sum of centerness targets (its bbox-loss
+        # normaliser) and the other families' by the number of positives.
+        norm = assignment.centerness_sum if is_fcos else assignment.num_pos
+        w = self.loss_weights
+        cls_kd = kd_quality_focal_loss(p["cls"], t["cls"], self.beta) * valid[..., None]
+        losses = {"loss_kd_cls": w["cls"] * cls_kd.sum() / norm}
+        # Per-location confidence of the teacher weights the box terms; ignored priors get 0.
+        t_score = t["cls"].detach().amax(-1).sigmoid() * valid
+        if isinstance(head, GFLHead):
+            bins = head.reg_max + 1
+            kl = distribution_kl_loss(p["reg"].reshape(-1, bins), t["reg"].reshape(-1, bins), self.temperature)
+            # Reference: sum over sides / 4, then divided by the sum of the location weights.
+            kl = kl.reshape(*t_score.shape, 4).mean(-1)
+            losses["loss_kd_reg"] = w["reg"] * (kl * t_score).sum() / t_score.sum().clamp(min=1e-6)
+        else:
+            level_priors = head.priors(head.level_sizes(preds), p["cls"].device)
+            n = p["reg"].shape[0]
+            priors = torch.cat(level_priors).repeat(n, 1)
+            strides = head.prior_strides(level_priors).repeat(n)
+            boxes = head.decode(p["reg"].reshape(-1, head.reg_channels), priors, strides)
+            t_boxes = head.decode(t["reg"].detach().reshape(-1, head.reg_channels), priors, strides)
+            box_loss = iou_loss(boxes, t_boxes) if is_fcos else giou_loss(boxes, t_boxes)
+            losses["loss_kd_reg"] = w["reg"] * (box_loss * t_score.reshape(-1)).sum() / norm
+        if w["centerness"] > 0 and head.has_centerness:
+            pos = assignment.positive
+            ctr = F.binary_cross_entropy_with_logits(p["centerness"][pos], t["centerness"][pos].detach().sigmoid(),
+                                                     reduction="sum")
+            losses["loss_kd_centerness"] = w["centerness"] * ctr / assignment.num_pos
+        return losses
+
+    def feature_kd_loss(self, feats: list[torch.Tensor], teacher_feats: list[torch.Tensor]) -> torch.Tensor:
+        """PKD summed over the FPN levels (the reference adds one term per level)."""
+        if self.feat_adapter is not None:
+            feats = [self.feat_adapter(f) for f in feats]
+        return self.loss_weights["pkd"] * sum(pkd_loss(f, tf) for f, tf in zip(feats, teacher_feats))
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
+        student, teacher = self.student, self.teacher
+        if targets is None:
+            raise ValueError("CrossKD returns training losses and needs targets; call distiller.student(images) "
+                             "for inference")
+        check_targets(targets, len(images), student.num_classes)
+        batch, targets = student.preprocess(images, targets)
+        tap = self.layer if self.cross_head else None
+        # Requirement 4 of the issue: no graph through the teacher's backbone, neck or towers;
+        # only the cross-head path below builds one through its later layers.
+        with torch.no_grad():
+            t_feats = teacher.extract_feats(self._teacher_inputs(batch))
+            t_out = teacher.bbox_head(t_feats, tap=tap)
+        s_feats = student.extract_feats(batch.tensors)
+        s_out = student.bbox_head(s_feats, tap=tap)
+        if tap is not None:
+            (t_out, t_taps), (s_out, s_taps) = t_out, s_out
+        losses = dict(student.bbox_head.loss(s_out, targets, batch.image_sizes))
+        if self.cross_head or self.mimic:
+            assignment = assign_priors(student.bbox_head, s_out, targets)
+            preds = self.cross_head_predictions(s_taps, t_taps) if self.cross_head else s_out
+            losses.update(self.prediction_kd_losses(preds, t_out, assignment))
+        if self.pkd:
+            losses["loss_kd_feat"] = self.feature_kd_loss(s_feats, t_feats)
+        return losses
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, layer={self.layer}, loss_weights={self.loss_weights}"
