@@ -1,0 +1,279 @@
+"""MMDetection (2.x/3.x) and CrossKD checkpoints -> kdzoo state dicts.
+
+kdzoo keeps MMDetection's parameter names wherever it can, so conversion is a short list of
+renames (``docs/architecture.md``; the layouts are recorded in ``shared/reference/mmdet_layouts``):
+
+* ``backbone.<name>`` -> ``backbone.body.<name>``: timm's ResNet names (``conv1``, ``bn1``,
+  ``layer1.0.downsample.0``) are MMDetection's. Caffe-style ResNets (FCOS) have the same
+  tensors; only the conv strides differ, which the ``style='caffe'`` model carries.
+* ``neck.lateral_convs.i.conv`` -> ``neck.fpn.inner_blocks.i.0``; ``neck.fpn_convs.i.conv`` ->
+  ``neck.fpn.layer_blocks.i.0`` for the backbone levels and ``neck.fpn.extra_blocks.convs.j``
+  for the extra (P6/P7) convs.
+* Heads (``bbox_head.*``, ``rpn_head.*``, ``roi_head.*``) already use MMDetection's names.
+
+A family whose names differ registers its renames with :func:`register_mmdet_rules`.
+CrossKD's distillers keep the teacher out of their ``state_dict`` (it is set with
+``object.__setattr__``), so CrossKD student checkpoints are plain MMDetection detectors.
+
+``mmdet_to_kdzoo`` is a ``PretrainedCfg.filter_fn`` (``"kdzoo.convert:mmdet_to_kdzoo"``); it
+checks that every checkpoint tensor is used and every model tensor is filled with the same
+shape, and explains a mismatch (other detector type, backbone depth or class count).
+
+CLI: ``python -m kdzoo.convert mmdet CKPT --arch NAME --out DIR [--num-classes N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "CheckpointMismatchError",
+    "register_mmdet_rules",
+    "mmdet_key_map",
+    "mmdet_to_kdzoo",
+    "read_mmdet_checkpoint",
+    "convert_mmdet_checkpoint",
+]
+
+Replacement = str | Callable[[re.Match, nn.Module], str]
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint belongs to another architecture, backbone depth or class count."""
+
+
+def _fpn_output_conv(m: re.Match, model: nn.Module) -> str:
+    """``neck.fpn_convs.i``: a backbone level's 3x3 output conv, or extra level ``i - levels``."""
+    i, tail = int(m.group(1)), m.group(2)
+    levels = len(model.neck.fpn.inner_blocks)
+    if i < levels:
+        return f"neck.fpn.layer_blocks.{i}.0.{tail}"
+    return f"neck.fpn.extra_blocks.convs.{i - levels}.{tail}"
+
+
+_COMMON_RULES: list[tuple[str, Replacement]] = [
+    (r"backbone\.(.+)", r"backbone.body.\1"),
+    (r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"neck.fpn.inner_blocks.\1.0.\2"),
+    (r"neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)", _fpn_output_conv),
+]
+_FAMILY_RULES: dict[type, list[tuple[re.Pattern, Replacement]]] = {}
+
+# Buffers that older checkpoints may lack and that carry no learned state: taken from the model.
+_DERIVABLE = (re.compile(r".*\.num_batches_tracked"), re.compile(r".*\.integral\.project"))
+
+# Predictor names that identify a detector type, for error messages.
+_TYPE_MARKERS = {
+    "bbox_head.gfl_cls.weight": "GFL",
+    "bbox_head.atss_cls.weight": "ATSS",
+    "bbox_head.retina_cls.weight": "RetinaNet",
+    "bbox_head.conv_cls.weight": "FCOS",
+    "rpn_head.rpn_conv.weight": "Faster R-CNN (two-stage)",
+}
+_RESNET_DEPTHS = {(2, 2, 2, 2): "ResNet-18", (3, 4, 6, 3): "ResNet-34/50", (3, 4, 23, 3): "ResNet-101",
+                  (3, 8, 36, 3): "ResNet-152"}
+
+
+def register_mmdet_rules(model_cls: type[nn.Module], rules: Sequence[tuple[str, Replacement]]) -> None:
+    """Renames for ``model_cls`` (and subclasses), tried before the common backbone/neck rules.
+
+    Each rule is ``(regex fully matching an MMDetection key, replacement)``; the replacement is a
+    ``re`` template (``r"bbox_head.cls_logits.\\1"``) or ``fn(match, model) -> kdzoo key``.
+    Keys matched by no rule keep their name.
+    """
+    _FAMILY_RULES.setdefault(model_cls, []).extend((re.compile(p), r) for p, r in rules)
+
+
+def _rules_for(model: nn.Module) -> list[tuple[re.Pattern, Replacement]]:
+    rules = [r for cls in type(model).__mro__ for r in _FAMILY_RULES.get(cls, [])]
+    if hasattr(model, "neck") and hasattr(getattr(model.neck, "fpn", None), "inner_blocks"):
+        rules += [(re.compile(p), r) for p, r in _COMMON_RULES]
+    else:
+        rules += [(re.compile(p), r) for p, r in _COMMON_RULES[:1]]
+    return rules
+
+
+def mmdet_key_map(keys: Sequence[str], model: nn.Module) -> dict[str, str]:
+    """MMDetection key -> kdzoo key for every key in ``keys``."""
+    rules = _rules_for(model)
+    out: dict[str, str] = {}
+    for key in keys:
+        for pattern, repl in rules:
+            m = pattern.fullmatch(key)
+            if m:
+                out[key] = repl(m, model) if callable(repl) else m.expand(repl)
+                break
+        else:
+            out[key] = key
+    return out
+
+
+def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
+    if "state_dict" in checkpoint and isinstance(checkpoint["state_dict"], Mapping):
+        return checkpoint["state_dict"]  # MMDetection wraps the weights with meta (ignored)
+    return checkpoint
+
+
+def _resnet_blocks(keys: Sequence[str], prefix: str) -> tuple[int, ...]:
+    blocks: dict[int, set[int]] = {}
+    for k in keys:
+        m = re.match(re.escape(prefix) + r"layer(\d+)\.(\d+)\.", k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+    return tuple(len(blocks[i]) for i in sorted(blocks))
+
+
+def _describe_blocks(blocks: tuple[int, ...]) -> str:
+    return f"{blocks} blocks per stage" + (f" ({_RESNET_DEPTHS[blocks]})" if blocks in _RESNET_DEPTHS else "")
+
+
+def _diagnose(source_keys: Sequence[str], mapped: Mapping[str, torch.Tensor], own: Mapping[str, torch.Tensor],
+              model: nn.Module) -> list[str]:
+    """Human-level reasons why a checkpoint does not fit ``model``, most telling first."""
+    reasons = []
+    ckpt_types = sorted({t for k, t in _TYPE_MARKERS.items() if k in source_keys})
+    model_types = sorted({t for k, t in _TYPE_MARKERS.items() if k in own})
+    if ckpt_types != model_types:
+        ckpt = ", ".join(ckpt_types) or "unknown"
+        reasons.append(f"detector type differs: the checkpoint is {ckpt}, the model is {', '.join(model_types) or 'unknown'}")
+    ckpt_blocks, model_blocks = _resnet_blocks(source_keys, "backbone."), _resnet_blocks(list(own), "backbone.body.")
+    if ckpt_blocks and model_blocks and ckpt_blocks != model_blocks:
+        reasons.append(f"backbone depth differs: the checkpoint has {_describe_blocks(ckpt_blocks)}, "
+                       f"the model {_describe_blocks(model_blocks)}")
+    num_classes = getattr(model, "num_classes", None)
+    for k, v in mapped.items():
+        if k in own and tuple(v.shape) != tuple(own[k].shape) and re.search(r"(^|\.)\w*cls\.weight$", k) and num_classes:
+            per_class = own[k].shape[0] // num_classes
+            offset = own[k].shape[0] - per_class * num_classes  # background logit (Faster R-CNN)
+            theirs = (v.shape[0] - offset) / per_class if per_class else float("nan")
+            count = int(theirs) if theirs == int(theirs) else f"{v.shape[0]} outputs"
+            reasons.append(f"class count differs: {k} has shape {tuple(v.shape)} ({count} classes), the model "
+                           f"expects {tuple(own[k].shape)} (num_classes={num_classes}); build it with num_classes={count}")
+    return reasons
+
+
+def mmdet_to_kdzoo(state_dict: Mapping[str, Any], model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+    """Convert an MMDetection/CrossKD state dict (or whole checkpoint) for ``model``.
+
+    Every checkpoint tensor must land on a model key of the same shape and every model key must
+    be filled (``num_batches_tracked`` and GFL's fixed ``integral.project`` may be absent: the
+    model's own values are used); otherwise :class:`CheckpointMismatchError` says what differs.
+    """
+    source = _unwrap(state_dict)
+    not_tensors = [k for k, v in source.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise TypeError(f"state dict entries must be tensors; {not_tensors[:5]} are not")
+    own = model.state_dict()
+    key_map = mmdet_key_map(list(source), model)
+    targets = Counter(key_map.values())
+    clashes = sorted(k for k, n in targets.items() if n > 1)
+    if clashes:
+        raise CheckpointMismatchError(f"several checkpoint keys map onto {clashes[:5]}")
+    mapped = {key_map[k]: v for k, v in source.items()}
+    for k, v in own.items():
+        if k not in mapped and any(p.fullmatch(k) for p in _DERIVABLE):
+            mapped[k] = v.clone()
+    unexpected = [src for src, dst in key_map.items() if dst not in own]
+    missing = [k for k in own if k not in mapped]
+    mismatched = [f"{k}: checkpoint {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in mapped and tuple(mapped[k].shape) != tuple(own[k].shape)]
+    if unexpected or missing or mismatched:
+        arch = getattr(model, "arch_name", "") or type(model).__name__
+        lines = [f"MMDetection checkpoint does not fit {arch}:"]
+        lines += [f"  {r}" for r in _diagnose(list(source), mapped, own, model)]
+        if mismatched:
+            lines.append(f"  {len(mismatched)} shape mismatch(es), e.g. " + "; ".join(mismatched[:4]))
+        if unexpected:
+            lines.append(f"  {len(unexpected)} checkpoint key(s) the model does not have, e.g. {unexpected[:4]}")
+        if missing:
+            lines.append(f"  {len(missing)} model key(s) the checkpoint does not fill, e.g. {missing[:4]}")
+        raise CheckpointMismatchError("\n".join(lines))
+    return OrderedDict((k, mapped[k]) for k in own)
+
+
+# ------------------------------------------------------------------------- reading files
+# MMEngine checkpoints may pickle logging and config objects next to the weights. They are
+# rebuilt as inert placeholders inside the weights-only unpickler, so nothing they name runs.
+_METADATA_PACKAGES = ("mmengine", "mmcv", "mmdet", "mmrazor", "numpy")
+
+
+class _Placeholder:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+def _placeholder_for(qualified_name: str) -> type:
+    module, _, name = qualified_name.rpartition(".")
+    cls = type(name, (_Placeholder,), {"__module__": module})
+    cls.__qualname__ = name
+    return cls
+
+
+def read_mmdet_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of an MMDetection ``.pth`` file, read with ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} is not a torch checkpoint (zip format expected): {e}") from e
+    foreign = [g for g in unsafe if g.split(".")[0] not in _METADATA_PACKAGES]
+    if foreign:
+        raise ValueError(f"{str(path)!r} pickles objects outside the weights and MMDetection metadata "
+                         f"({foreign[:5]}); refusing to load it")
+    try:
+        with torch.serialization.safe_globals([_placeholder_for(g) for g in unsafe]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} could not be read as a weights-only checkpoint: {e}") from e
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f"{str(path)!r} holds a {type(checkpoint).__name__}, expected a dict with a 'state_dict'")
+    return dict(_unwrap(checkpoint))
+
+
+def convert_mmdet_checkpoint(checkpoint: str | Path, arch: str, out_dir: str | Path, **build_kwargs: Any) -> nn.Module:
+    """Build ``arch``, load the converted checkpoint strictly and save it as a kdzoo directory
+    (``model.safetensors``, ``config.json``, ``README.md``) loadable with ``local-dir:``."""
+    from .hub import save_pretrained
+    from .pretrained import load_state_dict_checked
+    from .registry import create_detector
+
+    model = create_detector(arch, **build_kwargs)
+    state_dict = mmdet_to_kdzoo(read_mmdet_checkpoint(checkpoint), model)
+    load_state_dict_checked(model, state_dict, source=f"converted {Path(checkpoint).name}")
+    notes = f"Converted from the MMDetection checkpoint {Path(checkpoint).name} with kdzoo.convert."
+    save_pretrained(model.eval(), out_dir, keep_published=True, notes=notes)
+    return model
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kdzoo.convert", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="format", required=True)
+    p = sub.add_parser("mmdet", help="MMDetection 2.x/3.x or CrossKD .pth checkpoint")
+    p.add_argument("checkpoint", help="path of the .pth file")
+    p.add_argument("--arch", required=True, help="kdzoo architecture, e.g. gfl_r50 (see kdzoo.list_detectors())")
+    p.add_argument("--out", required=True, help="output directory (model.safetensors, config.json, README.md)")
+    p.add_argument("--num-classes", type=int, default=None, help="class count if not the architecture's default (80)")
+    args = parser.parse_args(argv)
+    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
+    try:
+        convert_mmdet_checkpoint(args.checkpoint, args.arch, args.out, **kwargs)
+    except (CheckpointMismatchError, ValueError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out} (load it with kdzoo.create_detector('local-dir:{args.out}', pretrained=True))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
