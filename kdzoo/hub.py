@@ -1,0 +1,398 @@
+"""Loading from and publishing to the Hugging Face Hub and local directories (timm's conventions).
+
+A kdzoo model directory (what :func:`save_pretrained` and ``python -m kdzoo.train`` write) holds
+
+* ``model.safetensors``: the plain state dict;
+* ``config.json``: ``{"architecture": arch, "kwargs": build kwargs, "pretrained_cfg": {...}}``, so
+  ``create_detector(architecture, **kwargs)`` rebuilds the model;
+* ``README.md`` (published directories): the model card, with a ``model-index`` of measured AP;
+* a run directory also has ``recipe.yaml`` and ``metrics.jsonl`` (one JSON object per line; eval
+  records carry ``"AP"``, COCO box AP in percent, and optionally ``AP50`` ... ``APl``, ``dataset``).
+
+``create_detector('hf-hub:org/name[@revision]')`` and ``create_detector('local-dir:path')``
+call :func:`load_from_source`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from .pretrained import PretrainedCfg, load_state_dict_checked, read_weights_file
+
+__all__ = ["load_from_source", "save_pretrained", "push_to_hub", "stage_run_dir", "model_card", "read_config",
+           "last_eval_metrics", "CONFIG_NAME", "WEIGHTS_NAME"]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_SOURCE_FIELDS = ("file", "hf_hub_id", "url", "url_hash", "filter_fn")  # where weights came from, not what they are
+_PUBLISHED_FIELDS = ("box_ap", "ap_dataset", "source")  # claims that only hold for unchanged weights
+_METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+# ------------------------------------------------------------------------------- loading
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate a kdzoo ``config.json``."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{str(path)!r} does not exist: not a kdzoo model directory "
+                                f"(expected {CONFIG_NAME} and {WEIGHTS_NAME})") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON: {e}") from e
+    if not isinstance(config, dict) or not isinstance(config.get("architecture"), str):
+        raise ValueError(f"{str(path)!r} has no 'architecture' string; expected "
+                         '{"architecture": "gfl_r50", "kwargs": {...}, "pretrained_cfg": {...}}')
+    for key in ("kwargs", "pretrained_cfg"):
+        if not isinstance(config.get(key, {}), dict):
+            raise ValueError(f"{str(path)!r}: '{key}' must be a JSON object, got {type(config[key]).__name__}")
+    return config
+
+
+def _tuples(value: Any) -> Any:
+    """JSON arrays back to the tuples the builders were given (``input_size``, ``train_sizes``)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def _cfg_overlay(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
+    known = {f.name for f in dataclasses.fields(PretrainedCfg)} - {"state_dict", "architecture", "tag"}
+    return {k: _tuples(v) for k, v in cfg_dict.items() if k in known}
+
+
+def _hub_download(repo_id: str, filename: str, revision: str | None) -> str:
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    try:
+        return hf_hub_download(repo_id, filename, revision=revision, library_name="kdzoo")
+    except RepositoryNotFoundError as e:
+        raise FileNotFoundError(f"Hugging Face Hub repository {repo_id!r} was not found (or is private: "
+                                "log in with `hf auth login`)") from e
+    except RevisionNotFoundError as e:
+        raise FileNotFoundError(f"revision {revision!r} of Hub repository {repo_id!r} does not exist") from e
+    except LocalEntryNotFoundError as e:  # a subclass of EntryNotFoundError: test it first
+        raise ConnectionError(f"{filename!r} of Hub repository {repo_id!r} is neither cached nor downloadable "
+                              f"(offline or the Hub is unreachable): {e}") from e
+    except EntryNotFoundError as e:
+        raise FileNotFoundError(f"Hub repository {repo_id!r} has no file {filename!r}; "
+                                "is it a kdzoo model (config.json + model.safetensors)?") from e
+
+
+def load_from_source(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Module:
+    """Rebuild a model from ``'hf-hub:org/name[@revision]'`` or ``'local-dir:path'`` and load its weights.
+
+    ``kwargs`` override the stored build kwargs (``score_thr``, ``input_size`` ...); with weights,
+    ``num_classes`` must equal the stored one.
+    """
+    from .registry import create_detector, is_detector
+
+    kind, _, ref = name.partition(":")
+    if kind == "hf-hub":
+        repo_id, _, revision = ref.partition("@")
+        if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+            raise ValueError(f"{name!r}: expected 'hf-hub:org/name' or 'hf-hub:org/name@revision'")
+        config_path = _hub_download(repo_id, CONFIG_NAME, revision or None)
+        weights = lambda: _hub_download(repo_id, WEIGHTS_NAME, revision or None)  # noqa: E731
+        origin = {"hf_hub_id": repo_id}
+    elif kind == "local-dir":
+        directory = Path(ref).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{name!r}: directory {str(directory)!r} does not exist")
+        config_path = directory / CONFIG_NAME
+        weights = lambda: str(directory / WEIGHTS_NAME)  # noqa: E731
+        origin = {"file": str(directory / WEIGHTS_NAME)}
+    else:
+        raise ValueError(f"{name!r}: expected a 'hf-hub:' or 'local-dir:' source")
+    config = read_config(config_path)
+    arch = config["architecture"]
+    if not is_detector(arch):
+        raise ValueError(f"{name!r} was saved from architecture {arch!r}, which this kdzoo does not register; "
+                         "upgrade kdzoo or import the module that registers it")
+    build_kwargs = {**_tuples(config.get("kwargs", {})), **kwargs}
+    overlay = {**_cfg_overlay(config.get("pretrained_cfg", {})), **{f: None for f in _SOURCE_FIELDS}, **origin}
+    stored_classes = config.get("kwargs", {}).get("num_classes", overlay.get("num_classes"))
+    if pretrained and "num_classes" in kwargs and stored_classes is not None and kwargs["num_classes"] != stored_classes:
+        raise ValueError(f"{name!r} holds weights for {stored_classes} classes, got num_classes={kwargs['num_classes']}; "
+                         "load with pretrained=False to train a new head")
+    model = create_detector(arch, pretrained=False, pretrained_cfg_overlay=overlay, **build_kwargs)
+    if pretrained:
+        weights_path = weights()
+        load_state_dict_checked(model, read_weights_file(weights_path), source=f"{name} ({Path(weights_path).name})")
+    return model
+
+
+# ------------------------------------------------------------------------------- saving
+def _write_atomic(path: Path, write: Any) -> None:
+    """``write(tmp_path)`` then rename, so an interrupted save never leaves a half-written file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(value: Any, where: str) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, f"{where}.{k}") for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"{where} = {value!r} ({type(value).__name__}) cannot be stored in {CONFIG_NAME}; "
+                    "build the model with JSON-compatible kwargs (numbers, strings, lists, dicts)")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _headline(metrics: Mapping[str, Any] | None) -> float | None:
+    if not metrics:
+        return None
+    for key in ("AP", "box_ap", "bbox_mAP"):
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and not math.isnan(v):
+            return float(v)
+    return None
+
+
+def save_pretrained(
+    model: nn.Module,
+    save_directory: str | Path,
+    *,
+    metrics: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    recipe_path: str | Path | None = None,
+    repo_id: str | None = None,
+    license: str | None = None,
+    keep_published: bool = False,
+    notes: str | None = None,
+) -> Path:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` (and ``recipe.yaml``).
+
+    ``metrics``: measured results, ``{"AP": 41.2, "AP50": ..., "dataset": "coco"}`` (percent);
+    they become ``pretrained_cfg.box_ap`` and the card's ``model-index``. ``lineage``:
+    ``{"teacher": ..., "method": ...}``; with ``recipe_path`` the recipe is copied as
+    ``recipe.yaml`` and its sha256 recorded. ``keep_published=True`` keeps the published AP of
+    the model's pretrained config (only right when the weights are those published ones).
+    """
+    from .registry import is_detector
+
+    arch = getattr(model, "arch_name", "")
+    if not arch or not is_detector(arch):
+        raise ValueError(f"model has arch_name={arch!r}, not a registered architecture; "
+                         "build it with kdzoo.create_detector() so it can be rebuilt from config.json")
+    build_kwargs = _jsonable(dict(getattr(model, "build_kwargs", {})), "build_kwargs")
+    out = Path(save_directory)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg: PretrainedCfg = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
+    updates: dict[str, Any] = {f: None for f in _SOURCE_FIELDS}
+    updates.update(architecture=arch, num_classes=model.num_classes)
+    if not keep_published:
+        updates.update({f: None for f in _PUBLISHED_FIELDS})
+    ap = _headline(metrics)
+    if ap is not None:
+        updates.update(box_ap=round(ap, 2), ap_dataset=str(metrics.get("dataset") or "unspecified"),
+                       source="measured with kdzoo.evaluation")
+    lineage = dict(lineage or {})
+    if recipe_path is not None:
+        recipe_path = Path(recipe_path)
+        if not recipe_path.is_file():
+            raise FileNotFoundError(f"recipe_path {str(recipe_path)!r} does not exist")
+        lineage.setdefault("recipe", recipe_path.name)
+        lineage["recipe_sha256"] = _sha256(recipe_path)
+        if recipe_path.resolve() != (out / "recipe.yaml").resolve():
+            _write_atomic(out / "recipe.yaml", lambda tmp: shutil.copyfile(recipe_path, tmp))
+    if lineage.get("teacher"):
+        updates["teacher"] = str(lineage["teacher"])
+    if lineage.get("method"):
+        updates["distill_method"] = str(lineage["method"])
+    if notes:
+        updates["notes"] = notes
+    cfg = dataclasses.replace(cfg, **updates)
+
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    _write_atomic(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    config = {"architecture": arch, "kwargs": build_kwargs, "pretrained_cfg": _jsonable(cfg.to_dict(), "pretrained_cfg")}
+    _write_atomic(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+    card = model_card(cfg, build_kwargs, metrics=metrics, lineage=lineage, repo_id=repo_id, license=license,
+                      num_params=sum(t.numel() for t in tensors.values()))
+    _write_atomic(out / "README.md", lambda tmp: tmp.write_text(card))
+    return out
+
+
+# --------------------------------------------------------------------------- model card
+def model_card(cfg: PretrainedCfg, build_kwargs: Mapping[str, Any], *, metrics: Mapping[str, Any] | None = None,
+               lineage: Mapping[str, Any] | None = None, repo_id: str | None = None, license: str | None = None,
+               num_params: int | None = None) -> str:
+    """README.md with YAML metadata: ``library_name``, ``pipeline_tag``, ``license``, ``datasets``,
+    ``tags`` and a ``model-index`` holding the measured box AP (or a published one, named as such)."""
+    import yaml
+
+    lineage = dict(lineage or {})
+    name = repo_id.split("/")[-1] if repo_id else cfg.architecture
+    family = cfg.architecture.split("_")[0]
+    dataset = cfg.ap_dataset or (metrics or {}).get("dataset") or ""
+    tags = ["kdzoo", "object-detection", family] + (["knowledge-distillation", str(lineage["method"])] if lineage.get("method") else [])
+    meta: dict[str, Any] = {"library_name": "kdzoo", "pipeline_tag": "object-detection",
+                            "license": license or cfg.license or "apache-2.0", "tags": tags}
+    if dataset:
+        meta["datasets"] = [dataset]
+    measured = _headline(metrics)
+    if cfg.box_ap is not None:
+        metric_values = {"AP": cfg.box_ap} if measured is None else {
+            "AP": measured, **{k: metrics[k] for k in _METRIC_NAMES[1:] if isinstance(metrics.get(k), (int, float))}}
+        result = {
+            "task": {"type": "object-detection", "name": "Object Detection"},
+            "dataset": {"type": dataset or "unspecified", "name": dataset or "unspecified", "split": "validation"},
+            "metrics": [{"type": "mAP" if k == "AP" else k, "name": "box mAP" if k == "AP" else f"box {k}",
+                         "value": round(float(v), 2)} for k, v in metric_values.items() if not math.isnan(float(v))],
+        }
+        # The Hub requires a URL with a named source: published numbers link to where they were published.
+        url = re.search(r"https?://\S+", cfg.source or "") if measured is None else None
+        if url:
+            result["source"] = {"name": cfg.source, "url": url.group(0).rstrip(").,")}
+        meta["model-index"] = [{"name": name, "results": [result]}]
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    source = f"hf-hub:{repo_id}" if repo_id else "local-dir:path/to/this/folder"
+    lines = [f"---\n{front}---", f"# {name}", "",
+             f"A `{cfg.architecture}` object detector ({cfg.num_classes} classes) for "
+             "[kdzoo](https://github.com/kdzoo/kdzoo), a timm-style zoo of knowledge-distilled detectors.", ""]
+    if measured is not None:
+        lines += [f"**Box AP {measured:.1f}** on {dataset or 'the validation set'}, measured with `kdzoo.evaluation` "
+                  "(COCO protocol, AP@[.50:.95]).", ""]
+    elif cfg.box_ap is not None:
+        lines += [f"**Box AP {cfg.box_ap:.1f}** on {dataset or 'COCO val2017'} as published by "
+                  f"{cfg.source or 'the original authors'} (not re-measured by kdzoo).", ""]
+    else:
+        lines += ["No AP has been measured for these weights.", ""]
+    if lineage:
+        lines += ["## Distillation lineage", ""]
+        for key, label in (("teacher", "Teacher"), ("method", "Method"), ("recipe", "Recipe"), ("recipe_sha256", "Recipe sha256")):
+            if lineage.get(key):
+                lines.append(f"- {label}: `{lineage[key]}`")
+        lines.append("")
+    lines += ["## Usage", "", "```python", "import torch", "import kdzoo", "",
+              f'model = kdzoo.create_detector("{source}", pretrained=True).eval()',
+              "image = torch.rand(3, 480, 640)  # RGB, float in 0..1",
+              "with torch.no_grad():",
+              "    detections = model([image])[0]  # boxes (xyxy pixels), scores, labels (0-based)",
+              "```", "", "## Details", "",
+              f"- Architecture: `{cfg.architecture}`, build kwargs `{json.dumps(dict(build_kwargs))}`",
+              f"- Input: keep-ratio resize to {tuple(cfg.input_size)} (long, short), mean {tuple(cfg.mean)}, "
+              f"std {tuple(cfg.std)} (0..255 scale){', BGR' if cfg.bgr else ''}"]
+    if num_params:
+        lines.append(f"- Parameters and buffers: {num_params / 1e6:.1f} M")
+    if cfg.paper:
+        lines.append(f"- Paper: {cfg.paper}")
+    if cfg.notes:
+        lines.append(f"- Notes: {cfg.notes}")
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------- run directories
+def last_eval_metrics(metrics_path: str | Path) -> dict[str, Any] | None:
+    """The last record of ``metrics.jsonl`` that carries a box AP, or None."""
+    path = Path(metrics_path)
+    if not path.is_file():
+        return None
+    last = None
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{str(path)!r} line {n} is not JSON: {e}") from e
+        if isinstance(record, dict) and _headline(record) is not None:
+            last = record
+    return last
+
+
+def _run_lineage(recipe_path: Path) -> dict[str, Any]:
+    import yaml
+
+    recipe = yaml.safe_load(recipe_path.read_text()) or {}
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{str(recipe_path)!r} is not a YAML mapping")
+    teacher, distill = recipe.get("teacher") or {}, recipe.get("distill") or {}
+    lineage = {}
+    if teacher:
+        lineage["teacher"] = teacher.get("name") or teacher.get("checkpoint")
+    if distill:
+        lineage["method"] = distill.get("method")
+    return {k: v for k, v in lineage.items() if v}
+
+
+def _run_dataset(recipe_path: Path) -> str | None:
+    import yaml
+
+    data = (yaml.safe_load(recipe_path.read_text()) or {}).get("data") or {}
+    if data.get("shapes") is not None:
+        return "kdzoo-shapes (synthetic)"
+    return Path(data["root"]).name if data.get("root") else None
+
+
+def stage_run_dir(run_dir: str | Path, out_dir: str | Path, *, repo_id: str | None = None,
+                  license: str | None = None) -> Path:
+    """Turn a training run directory into the folder to publish: the weights are loaded into their
+    architecture (which checks them), the last eval record of ``metrics.jsonl`` becomes the card's
+    measured AP and ``recipe.yaml`` the lineage."""
+    run_dir = Path(run_dir)
+    model = load_from_source(f"local-dir:{run_dir}", pretrained=True)
+    recipe = run_dir / "recipe.yaml"
+    metrics = last_eval_metrics(run_dir / "metrics.jsonl")
+    if metrics is not None and not metrics.get("dataset") and recipe.is_file():
+        metrics = {**metrics, "dataset": _run_dataset(recipe)}
+    lineage = _run_lineage(recipe) if recipe.is_file() else {}
+    return save_pretrained(model, out_dir, metrics=metrics, lineage=lineage,
+                           recipe_path=recipe if recipe.is_file() else None, repo_id=repo_id, license=license)
+
+
+def push_to_hub(model_or_run_dir: nn.Module | str | Path, repo_id: str, *, private: bool = False,
+                token: str | None = None, commit_message: str = "Upload kdzoo detector",
+                revision: str | None = None, **save_kwargs: Any) -> Any:
+    """Create ``repo_id`` (if needed) and upload a model or a run directory in one commit.
+
+    A model is written with :func:`save_pretrained` (``save_kwargs``: ``metrics``, ``lineage``,
+    ``recipe_path``, ``license``); a run directory with :func:`stage_run_dir`. Returns the
+    ``CommitInfo`` of the upload.
+    """
+    from huggingface_hub import HfApi
+
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"repo_id must be 'org/name', got {repo_id!r}")
+    with tempfile.TemporaryDirectory(prefix="kdzoo-push-") as tmp:
+        if isinstance(model_or_run_dir, nn.Module):
+            save_pretrained(model_or_run_dir, tmp, repo_id=repo_id, **save_kwargs)
+        else:
+            stage_run_dir(model_or_run_dir, tmp, repo_id=repo_id, license=save_kwargs.get("license"))
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        return api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model",
+                                 commit_message=commit_message, revision=revision)
