@@ -69,6 +69,12 @@ class DenseDetector(nn.Module):
         self.inference_dtype = dtype
         return self
 
+    def save_pretrained(self, save_directory: str, **kwargs: Any):
+        """Write ``model.safetensors``, ``config.json`` and a model card; see :func:`kdzoo.hub.save_pretrained`."""
+        from .hub import save_pretrained
+
+        return save_pretrained(self, save_directory, **kwargs)
+
     def preprocess(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[ImageBatch, list[dict] | None]:
         batch, targets = self.transform(images, targets)
         batch.tensors = batch.tensors.contiguous(memory_format=torch.channels_last)
