@@ -15,7 +15,7 @@ def _ap_line(arch: str) -> str:
     for tag, cfg in _pretrained.get(arch, {}).items():
         if cfg.box_ap is not None:
             lines.append(f"``{arch}.{tag}``: {cfg.box_ap:.1f} box AP on {cfg.ap_dataset or 'COCO val2017'} "
-                         f"(published, {cfg.source or 'source unknown'})")
+                         f"({cfg.source or 'source unknown'})")
     return "\n    ".join(lines) if lines else "No COCO AP measured."
 
 

@@ -11,6 +11,8 @@ from .registry import (
 
 # Importing the family modules registers their detectors.
 from . import atss, fcos, gfl, retinanet  # noqa: E402,F401
+from . import zoo  # noqa: E402,F401  (official MMDetection/CrossKD checkpoints, CrossKD student entry points)
+from .hub import load_from_source, push_to_hub, save_pretrained  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -20,6 +22,9 @@ __all__ = [
     "get_pretrained_cfg",
     "list_detectors",
     "list_pretrained",
+    "load_from_source",
+    "push_to_hub",
     "register_detector",
     "register_pretrained_cfgs",
+    "save_pretrained",
 ]

@@ -157,6 +157,16 @@ def test_pretrained_cfg_filter_fn_path(tmp_path):
     assert torch.equal(model.state_dict()["neck.fpn.extra_blocks.convs.1.weight"], ckpt["neck.fpn_convs.4.conv.weight"])
 
 
+def test_crosskd_student_checkpoint_loads_through_its_cfg(tmp_path):
+    """CrossKD keeps its teacher out of the state dict: a student file is an MMDetection GFL R50."""
+    ckpt = random_checkpoint("gfl_r50_fpn_1x_coco", seed=4)
+    torch.save({"meta": {}, "state_dict": ckpt}, tmp_path / "crosskd_gfl.pth")
+    model = kdzoo.create_detector("gfl_r50_crosskd", pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(tmp_path / "crosskd_gfl.pth")))
+    assert model.pretrained_cfg.box_ap == 43.7
+    assert torch.equal(model.state_dict()["bbox_head.gfl_cls.weight"], ckpt["bbox_head.gfl_cls.weight"])
+
+
 def test_mmengine_metadata_is_read_weights_only(tmp_path, monkeypatch):
     """MMEngine checkpoints pickle logging objects next to the weights; they are read as inert
     placeholders, and a checkpoint pickling anything else is refused."""

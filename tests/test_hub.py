@@ -300,10 +300,34 @@ def test_hf_hub_unknown_repo_and_file(run_dir, tmp_path, hub_endpoint):
 
 
 # ------------------------------------------------------------------------------- torch.hub
-@pytest.mark.parametrize("entry", ["gfl_r18", "atss_r18", "retinanet_r18", "fcos_r18"])
+@pytest.mark.parametrize("entry", ["gfl_r18", "atss_r18", "retinanet_r18", "fcos_r18", "gfl_r50_crosskd"])
 def test_torch_hub_local(entry):
     model = torch.hub.load(str(REPO_ROOT), entry, source="local", pretrained=False, num_classes=5)
     assert model.arch_name == entry and model.num_classes == 5
+
+
+def test_zoo_entries_are_published_and_convertible():
+    """Official checkpoints: hash-checked MMDetection URLs converted on load, APs labelled as published."""
+    mmdet = kdzoo.list_pretrained("*.mmdet_coco*")
+    assert {"gfl_r50.mmdet_coco", "gfl_r101.mmdet_coco", "atss_r101.mmdet_coco", "retinanet_r101.mmdet_coco",
+            "fcos_r101.mmdet_coco"} <= set(mmdet)
+    for name in mmdet:
+        cfg = kdzoo.get_pretrained_cfg(name)
+        assert cfg.url.startswith("https://download.openmmlab.com/mmdetection/v2.0/")
+        assert cfg.url.endswith(f"-{cfg.url_hash}.pth") and len(cfg.url_hash) == 8
+        assert cfg.filter_fn == "kdzoo.convert:mmdet_to_kdzoo"
+        assert cfg.box_ap and "MMDetection model zoo (published)" in cfg.source
+        assert cfg.bgr == name.startswith("fcos")  # caffe-style FCOS checkpoints take BGR input
+    assert kdzoo.get_pretrained_cfg("gfl_r101.mmdet_coco").url.endswith(
+        "gfl_r101_fpn_mstrain_2x_coco_20200629_200126-dd12f847.pth")
+    students = {n: kdzoo.get_pretrained_cfg(n) for n in kdzoo.list_detectors("*_crosskd", include_tags=True)}
+    assert {n: c.box_ap for n, c in students.items() if n.endswith(".coco")} == {
+        "atss_r50_crosskd.coco": 41.8, "fcos_r50_crosskd.coco": 41.1, "gfl_r50_crosskd.coco": 43.7,
+        "retinanet_r50_crosskd.coco": 39.7}
+    for cfg in students.values():
+        assert not cfg.has_weights and cfg.filter_fn == "kdzoo.convert:mmdet_to_kdzoo" and cfg.distill_method == "crosskd"
+    with pytest.raises(RuntimeError, match="No pretrained weights.*pretrained_cfg_overlay"):
+        kdzoo.create_detector("gfl_r50_crosskd", pretrained=True)
 
 
 def test_hubconf_exports_every_detector_with_ap():
@@ -318,3 +342,5 @@ def test_hubconf_exports_every_detector_with_ap():
     for name in public:
         assert "AP" in getattr(hubconf, name).__doc__
     assert "No COCO AP measured." in hubconf.gfl_r18.__doc__
+    assert "43.7 box AP on COCO val2017 (CrossKD README (published)" in hubconf.gfl_r50_crosskd.__doc__
+    assert "40.2 box AP on COCO val2017 (MMDetection model zoo (published)" in hubconf.gfl_r50.__doc__
