@@ -12,7 +12,9 @@ class-agnostic across levels, averages the RPN loss differently, puts background
 ``MultiScaleRoIAlign``'s canonical level mapping ``k0=4`` at 224 with ``aligned=False``), and
 their parameter names cannot be laid out as ``rpn_head.rpn_conv`` / ``roi_head.bbox_head.*``.
 We reuse torchvision's ops (``roi_align``, ``batched_nms``, ``box_iou``) and write the small
-glue around them, so every parameter maps one to one onto MMDetection's (``mmdet_key``).
+glue around them, so every parameter maps one to one onto MMDetection's: ``kdzoo.convert``'s
+common renames (``backbone.*``, ``neck.lateral_convs``/``fpn_convs``) are the only ones needed, and
+``"kdzoo.convert:mmdet_to_kdzoo"`` is the ``filter_fn`` for MMDetection's checkpoints.
 
 The public two-stage API (used by detectors and distillers alike, never private modules):
 
@@ -46,7 +48,7 @@ from .transform import DetectionTransform, ImageBatch
 
 __all__ = [
     "FasterRCNN", "RPNHead", "RoIHead", "Shared2FCBBoxHead", "MMDetRoIExtractor", "ProposalCfg", "RCNNTestCfg",
-    "SampledRoIs", "RoIOutputs", "random_sample", "mmdet_key", "checkpoint_filter_fn", "build_faster_rcnn",
+    "SampledRoIs", "RoIOutputs", "random_sample", "build_faster_rcnn",
 ]
 
 
@@ -422,37 +424,6 @@ class FasterRCNN(nn.Module):
             proposals = self.rpn_proposals(feats, batch.image_sizes)
             detections = self.roi_head.predict(feats, proposals, batch.image_sizes)
         return self.transform.postprocess(detections, batch)
-
-
-# ---------------------------------------------------------------- MMDetection layout
-def mmdet_key(key: str) -> str:
-    """A kdzoo Faster R-CNN state-dict key -> MMDetection's (``backbone.body.*`` -> ``backbone.*``,
-    ``neck.fpn.inner_blocks.i.0`` -> ``neck.lateral_convs.i.conv``, ``neck.fpn.layer_blocks.i.0`` ->
-    ``neck.fpn_convs.i.conv``); the RPN and RoI head names are MMDetection's already."""
-    for ours, theirs in (("backbone.body.", "backbone."), ("neck.fpn.inner_blocks.", "neck.lateral_convs."),
-                         ("neck.fpn.layer_blocks.", "neck.fpn_convs.")):
-        if key.startswith(ours):
-            rest = key[len(ours):]
-            if theirs.startswith("neck."):
-                idx, _, tail = rest.split(".", 2)  # "<i>.0.weight" -> "<i>.conv.weight"
-                return f"{theirs}{idx}.conv.{tail}"
-            return theirs + rest
-    return key
-
-
-def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """``PretrainedCfg.filter_fn`` for MMDetection Faster R-CNN checkpoints
-    (``"kdzoo.faster_rcnn:checkpoint_filter_fn"``): renames every key of ``model`` from MMDetection's."""
-    out, missing = {}, []
-    for key in model.state_dict():
-        src = mmdet_key(key)
-        if src in state_dict:
-            out[key] = state_dict[src]
-        else:
-            missing.append(src)
-    if missing:
-        raise KeyError(f"MMDetection checkpoint lacks {len(missing)} key(s) this model needs, e.g. {missing[:5]}")
-    return out
 
 
 # ------------------------------------------------------------------------------- builders
