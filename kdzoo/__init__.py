@@ -10,7 +10,7 @@ from .registry import (
 )
 
 # Importing the family modules registers their detectors.
-from . import atss, fcos, gfl, retinanet  # noqa: E402,F401
+from . import atss, faster_rcnn, fcos, gfl, retinanet  # noqa: E402,F401
 from . import zoo  # noqa: E402,F401  (official MMDetection/CrossKD checkpoints, CrossKD student entry points)
 from .hub import load_from_source, push_to_hub, save_pretrained  # noqa: E402
 

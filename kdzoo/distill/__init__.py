@@ -100,4 +100,4 @@ def build_distiller(method: str, student: nn.Module, teacher: nn.Module, **optio
 
 
 # Importing the method modules registers them.
-from . import crosskd  # noqa: E402,F401
+from . import crosskd, tadf  # noqa: E402,F401
