@@ -1,0 +1,177 @@
+"""COCO bbox evaluation of a detector (or of a results file) on a COCO-format dataset.
+
+    python -m kdzoo.eval --model runs/shapes/gfl_teacher --data data/shapes --ann annotations/instances_val.json --images-dir val
+    python -m kdzoo.eval --model gfl_r50.mmdet_coco --data /coco --ann annotations/instances_val2017.json --images-dir val2017
+    python -m kdzoo.eval --results my_detections.json --data data/shapes --ann annotations/instances_val.json
+
+``--model`` is a registry name (its tag's weights are loaded), ``hf-hub:``/``local-dir:``, or a
+run directory written by ``kdzoo.train`` (rebuilt from its ``config.json`` + ``model.safetensors``).
+Under ``torchrun`` every rank evaluates a shard and the results are gathered on rank 0.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .data.coco import CocoDetection, collate_fn, load_coco
+from .dist import is_distributed, rank, world_size
+from .evaluation import CocoEvaluator, evaluate_results, format_table, save_results_json
+from .pretrained import PretrainedCfg
+from .registry import create_detector
+
+__all__ = ["evaluate", "load_detector", "load_run_dir", "main", "CONFIG_FILE", "WEIGHTS_FILE"]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def _cfg_overlay(pretrained_cfg: dict[str, Any], weights: Path) -> dict[str, Any]:
+    """A stored ``pretrained_cfg`` dict as an overlay pointing at the run's own weights."""
+    fields = {f.name for f in dataclasses.fields(PretrainedCfg)} - {"state_dict", "architecture", "tag"}
+    overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in pretrained_cfg.items() if k in fields}
+    # The run's weights are already in kdzoo's layout: no foreign-checkpoint filter, no remote source.
+    overlay.update(file=str(weights), filter_fn=None, hf_hub_id=None, url=None, url_hash=None)
+    return overlay
+
+
+def load_run_dir(run_dir: str | Path, **kwargs: Any) -> nn.Module:
+    """Rebuild the detector of a training run from ``config.json`` and load ``model.safetensors``."""
+    run_dir = Path(run_dir)
+    cfg_path, weights = run_dir / CONFIG_FILE, run_dir / WEIGHTS_FILE
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished kdzoo run directory: {p.name} is missing "
+                                    f"(expected {CONFIG_FILE} + {WEIGHTS_FILE}, written at the end of kdzoo.train)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        arch, build_kwargs = cfg["architecture"], dict(cfg.get("kwargs") or {})
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{cfg_path} is not a kdzoo config (expected JSON with 'architecture' and 'kwargs'): {e}") from e
+    build_kwargs.update(kwargs)
+    return create_detector(arch, pretrained=True, pretrained_cfg_overlay=_cfg_overlay(cfg.get("pretrained_cfg") or {}, weights),
+                           **build_kwargs)
+
+
+def load_detector(source: str | Path, **kwargs: Any) -> nn.Module:
+    """A run directory, a registry name (with its weights), or ``hf-hub:`` / ``local-dir:``."""
+    if Path(source).is_dir() and (Path(source) / CONFIG_FILE).is_file():
+        return load_run_dir(source, **kwargs)
+    if Path(source).exists():
+        raise FileNotFoundError(f"{source} exists but is not a run directory with {CONFIG_FILE} + {WEIGHTS_FILE}")
+    return create_detector(str(source), pretrained=True, **kwargs)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    dataset: CocoDetection,
+    *,
+    batch_size: int = 2,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """COCO metrics and results of ``model`` on ``dataset``.
+
+    In a process group each rank runs a shard (``DistributedSampler``); the per-rank results are
+    gathered with ``all_gather_object`` and evaluated once. Returns ``(metrics, results)`` on
+    rank 0 and ``(None, None)`` on the other ranks.
+    """
+    was_training = model.training
+    model.eval()
+    sampler = DistributedSampler(dataset, shuffle=False) if is_distributed() else None
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn)
+    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_cat_id)
+    it = loader
+    if progress and rank() == 0:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    try:
+        for images, targets in it:
+            outputs = model([im.to(device) for im in images])
+            evaluator.update([t["image_id"] for t in targets], outputs)
+    finally:
+        model.train(was_training)
+    if is_distributed():
+        states: list[Any] = [None] * world_size()
+        dist.all_gather_object(states, evaluator.state_dict())
+        if rank() != 0:
+            return None, None
+        evaluator.merge(states)
+    # all_images: an image without any detection still counts (its objects are misses).
+    return evaluator.summarize(dataset.categories, all_images=True), evaluator.results()
+
+
+def _resolve(root: Path, p: str | None) -> Path:
+    if p is None:
+        return root
+    q = Path(p)
+    return q if q.is_absolute() or q.exists() else root / q
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    p = argparse.ArgumentParser(prog="python -m kdzoo.eval", description="COCO bbox evaluation (pycocotools).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="registry name (arch.tag), hf-hub:/local-dir: source, or a kdzoo.train run directory")
+    src.add_argument("--results", help="evaluate an existing COCO results JSON instead of running a model")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--ann", required=True, help="COCO annotation JSON (absolute, or relative to --data)")
+    p.add_argument("--images-dir", default=None, help="image directory relative to --data (default: --data itself)")
+    p.add_argument("--out", default=None, help="write the detections as a COCO results JSON here")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="inference autocast dtype")
+    args = p.parse_args(argv)
+
+    root = Path(args.data)
+    if not root.is_dir():
+        p.error(f"--data: dataset directory {str(root)!r} does not exist")
+    ann = _resolve(root, args.ann)
+    if args.results:
+        coco = load_coco(ann)
+        try:
+            results = json.loads(Path(args.results).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            p.error(f"--results: cannot read {args.results!r} as JSON: {e}")
+        if not isinstance(results, list):
+            p.error(f"--results: expected a JSON list of {{image_id, category_id, bbox, score}}, got {type(results).__name__}")
+        metrics = evaluate_results(coco, results)
+    else:
+        distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        if distributed:
+            dist.init_process_group("nccl" if str(args.device).startswith("cuda") else "gloo")
+        dataset = CocoDetection(_resolve(root, args.images_dir), ann, train=False)
+        model = load_detector(args.model).to(args.device)
+        if model.num_classes != dataset.num_classes:
+            raise SystemExit(f"error: model {args.model!r} predicts {model.num_classes} classes but {ann} has "
+                             f"{dataset.num_classes} categories")
+        model.set_inference_precision(None if args.precision == "fp32" else args.precision)
+        t0 = time.perf_counter()
+        metrics, results = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers,
+                                    device=args.device, progress=True)
+        if distributed:
+            dist.destroy_process_group()
+        if metrics is None:
+            return None
+        print(f"evaluated {len(dataset)} images in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        if args.out:
+            save_results_json(args.out, results)
+    print(format_table(metrics))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

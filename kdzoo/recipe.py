@@ -1,0 +1,354 @@
+"""Training recipes: a typed schema (dataclasses), strict YAML loading, ``key.sub=value``
+command-line overrides, and saving the resolved recipe next to a run.
+
+Every key is checked: an unknown or mistyped key fails with its dotted path, close matches
+and the allowed keys; a value of the wrong type names the key, the expected type and what
+was given. Paths in ``data`` are checked by :meth:`Recipe.check_paths` (the engine calls it
+after generating the shapes dataset where the recipe asks for one).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+__all__ = [
+    "Recipe", "ModelCfg", "DataCfg", "ShapesCfg", "ScheduleCfg", "TeacherCfg", "DistillCfg",
+    "RecipeError", "load_recipe", "recipe_from_dict", "parse_overrides", "apply_overrides", "save_recipe",
+]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the offending key."""
+
+
+@dataclass
+class ModelCfg:
+    name: str = ""  # a registry name (``gfl_r50``, ``gfl_r50.tag``)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # builder kwargs (``fpn_channels``, ``backbone_pretrained`` ...)
+    pretrained: bool = False  # load the detector weights of the name's tag
+
+
+@dataclass
+class ShapesCfg:
+    """Generate :mod:`kdzoo.data.shapes` into ``data.root`` when it is missing."""
+
+    num_train: int = 800
+    num_val: int = 200
+    image_size: int = 320
+    seed: int = 0
+
+
+@dataclass
+class DataCfg:
+    root: str = ""  # dataset root; the relative paths below are resolved against it
+    train_images: str = "train"
+    train_ann: str = "annotations/instances_train.json"
+    val_images: str = "val"
+    val_ann: str = "annotations/instances_val.json"
+    shapes: ShapesCfg | None = None
+    input_size: list[int] | None = None  # [long, short] keep-ratio resize (model kwarg input_size)
+    train_sizes: list[list[int]] | None = None  # multi-scale training: a random [long, short] per image
+    flip: float = 0.5
+    filter_empty: bool = True  # skip training images without boxes, as MMDetection does
+
+    def path(self, name: str) -> Path:
+        p = Path(getattr(self, name))
+        return p if p.is_absolute() else Path(self.root) / p
+
+
+@dataclass
+class ScheduleCfg:
+    epochs: int | None = None  # exactly one of epochs / iters
+    iters: int | None = None
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.01
+    # The lr is given for this total batch (batch_size x processes); the engine scales it
+    # linearly to the actual total batch (Goyal et al.). None: use lr as given.
+    base_batch_size: int | None = None
+    momentum: float = 0.9  # SGD momentum / AdamW beta1
+    weight_decay: float = 1e-4
+    bias_lr_mult: float = 1.0  # MMDetection's paramwise_cfg (FCOS: 2.0 and 0.0)
+    bias_decay_mult: float = 1.0
+    warmup: Literal["linear", "constant", "none"] = "linear"
+    warmup_iters: int = 500
+    warmup_ratio: float = 0.001
+    policy: Literal["step", "cosine"] = "step"
+    steps: list[int] = field(default_factory=list)  # in epochs when `epochs` is set, else in iterations
+    gamma: float = 0.1
+    min_lr_ratio: float = 0.0  # cosine floor
+    grad_clip: float | None = None  # max L2 norm of all gradients
+
+
+@dataclass
+class TeacherCfg:
+    name: str = ""  # registry name; may be omitted when `checkpoint` is a run directory
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    checkpoint: str = ""  # a run directory (config.json + model.safetensors) or a weights file
+    pretrained: bool = False  # instead of `checkpoint`: the registered weights of `name`'s tag
+
+
+@dataclass
+class DistillCfg:
+    method: str = ""  # kdzoo.distill.build_distiller method name
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
+    batch_size: int = 2  # per process
+    workers: int = 2  # data-loading processes per training process
+    seed: int = 0
+    amp: bool = False  # bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA
+    device: str = "auto"  # auto | cpu | cuda
+    output_dir: str = ""
+    eval_interval: int = 0  # iterations; 0: evaluate only at the end
+    checkpoint_interval: int = 500  # iterations; the last checkpoint is always written
+    log_interval: int = 20
+    teacher: TeacherCfg | None = None
+    distill: DistillCfg | None = None
+
+    def validate(self) -> "Recipe":
+        """Cross-field checks that the types alone cannot express."""
+        s = self.schedule
+        if not self.model.name:
+            raise RecipeError("model.name is required (a registry name, see kdzoo.list_detectors())")
+        if (s.epochs is None) == (s.iters is None):
+            raise RecipeError(f"schedule: give exactly one of 'epochs' or 'iters' (got epochs={s.epochs}, iters={s.iters})")
+        for key in ("epochs", "iters"):
+            v = getattr(s, key)
+            if v is not None and v <= 0:
+                raise RecipeError(f"schedule.{key} must be > 0, got {v}")
+        if s.lr <= 0:
+            raise RecipeError(f"schedule.lr must be > 0, got {s.lr}")
+        if s.steps != sorted(s.steps) or any(x <= 0 for x in s.steps):
+            raise RecipeError(f"schedule.steps must be increasing positive numbers, got {s.steps}")
+        if not 0 < s.warmup_ratio <= 1:
+            raise RecipeError(f"schedule.warmup_ratio must be in (0, 1], got {s.warmup_ratio}")
+        if s.grad_clip is not None and s.grad_clip <= 0:
+            raise RecipeError(f"schedule.grad_clip must be > 0 or null, got {s.grad_clip}")
+        for key in ("batch_size", "log_interval"):
+            if getattr(self, key) <= 0:
+                raise RecipeError(f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("workers", "eval_interval", "checkpoint_interval", "warmup_iters"):
+            obj = s if key == "warmup_iters" else self
+            if getattr(obj, key) < 0:
+                raise RecipeError(f"{'schedule.' if obj is s else ''}{key} must be >= 0, got {getattr(obj, key)}")
+        if not 0.0 <= self.data.flip <= 1.0:
+            raise RecipeError(f"data.flip must be a probability in [0, 1], got {self.data.flip}")
+        for key, v in (("data.input_size", self.data.input_size), *((f"data.train_sizes[{i}]", x) for i, x in enumerate(self.data.train_sizes or []))):
+            if v is not None and (len(v) != 2 or min(v) <= 0):
+                raise RecipeError(f"{key} must be [long, short] with positive sides, got {v}")
+        if not self.data.root:
+            raise RecipeError("data.root is required (the dataset directory)")
+        if not self.output_dir:
+            raise RecipeError("output_dir is required (where the run is written)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise RecipeError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if (self.teacher is None) != (self.distill is None):
+            raise RecipeError("'teacher' and 'distill' go together: a distillation recipe needs both sections")
+        if self.teacher is not None:
+            if not self.teacher.checkpoint and not (self.teacher.pretrained and self.teacher.name):
+                raise RecipeError("teacher.checkpoint is required (a run directory or a weights file), "
+                                  "or set teacher.name with teacher.pretrained: true")
+            if not self.teacher.checkpoint and not self.teacher.name:
+                raise RecipeError("teacher.name is required when teacher.checkpoint is not a run directory")
+            if not self.distill.method:
+                raise RecipeError("distill.method is required (e.g. 'crosskd')")
+        return self
+
+    def check_paths(self) -> None:
+        """Fail early, naming the recipe key, when a data path does not exist."""
+        d = self.data
+        if not Path(d.root).is_dir():
+            raise RecipeError(f"data.root: dataset directory {d.root!r} does not exist"
+                              + ("" if d.shapes is None else " (it is generated when data.shapes is set)"))
+        for key, is_dir in (("train_images", True), ("train_ann", False), ("val_images", True), ("val_ann", False)):
+            p = d.path(key)
+            if not (p.is_dir() if is_dir else p.is_file()):
+                raise RecipeError(f"data.{key}: {'directory' if is_dir else 'file'} {str(p)!r} does not exist")
+        if self.teacher is not None and self.teacher.checkpoint and not Path(self.teacher.checkpoint).exists():
+            raise RecipeError(f"teacher.checkpoint: {self.teacher.checkpoint!r} does not exist "
+                              "(expected a run directory with config.json + model.safetensors, or a weights file)")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- typed loading
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(tp))}]"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "mapping"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are expected."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        if len(args) == 1:  # Optional[X]: X's own error is the precise one (e.g. an unknown nested key)
+            return _convert(value, args[0], key)
+        for arg in args:
+            try:
+                return _convert(value, arg, key)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise RecipeError(f"{key}: expected one of {_type_name(tp)}, got {value!r}")
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key)
+    elif origin is list:
+        if isinstance(value, (list, tuple)):
+            (item,) = typing.get_args(tp)
+            return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            kt, vt = typing.get_args(tp)
+            return {_convert(k, kt, f"{key} key"): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported recipe field type {tp!r} at {key}")
+    raise RecipeError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise RecipeError(f"unknown recipe key {path!r}.{hint} Allowed keys{' in ' + repr(prefix) if prefix else ''}: "
+                              f"{', '.join(allowed)}")
+        kwargs[key] = _convert(value, hints[key], path)
+    return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- overrides
+def parse_overrides(items: list[str]) -> list[tuple[list[str], Any]]:
+    """``['schedule.lr=0.02', 'model.kwargs.fpn_channels=64']`` -> ``[(['schedule', 'lr'], 0.02), ...]``;
+    values are parsed as YAML (``1e-3`` float, ``[320, 320]`` list, ``null``, ``true``)."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not k for k in key.split(".")):
+            raise RecipeError(f"override {item!r} is not of the form key.sub=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise RecipeError(f"override {item!r}: the value is not valid YAML ({e})") from e
+        out.append((key.split("."), _fix_yaml_floats(value)))
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[tuple[list[str], Any]]) -> dict[str, Any]:
+    for keys, value in overrides:
+        node = data
+        for i, k in enumerate(keys[:-1]):
+            nxt = node.get(k)
+            if nxt is None:
+                nxt = node[k] = {}
+            elif not isinstance(nxt, dict):
+                raise RecipeError(f"override {'.'.join(keys)}: {'.'.join(keys[:i + 1])} is a "
+                                  f"{type(nxt).__name__}, not a section")
+            node = nxt
+        node[keys[-1]] = value
+    return data
+
+
+# Scientific notation without a dot ("1e-4"), which YAML 1.1 leaves as a string.
+_EXP_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+")
+
+
+def _fix_yaml_floats(obj: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads ``1e-4`` as a string; recipes mean the number."""
+    if isinstance(obj, dict):
+        return {k: _fix_yaml_floats(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fix_yaml_floats(v) for v in obj]
+    if isinstance(obj, str) and _EXP_FLOAT.fullmatch(obj):
+        return float(obj)
+    return obj
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: expected a mapping of recipe keys at the top level, got {type(data).__name__}")
+    try:
+        return _build(Recipe, _fix_yaml_floats(data)).validate()
+    except RecipeError as e:
+        raise RecipeError(f"{source}: {e}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key.sub=value`` overrides, validate every key and type."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from e
+    data = apply_overrides(data or {}, parse_overrides(overrides or []))
+    return recipe_from_dict(data, source=str(path))
+
+
+def save_recipe(recipe: Recipe, path: str | Path) -> Path:
+    """Write the resolved recipe (temp file + rename: never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(recipe.to_dict(), f, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
