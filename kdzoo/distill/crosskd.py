@@ -62,7 +62,8 @@ def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std over (N, H, W); unbiased like the reference, except on a single
     element (a 1x1 P7 map of one image) where the unbiased std is undefined."""
     correction = 1 if x.numel() // x.shape[1] > 1 else 0
-    return x.mean((0, 2, 3), keepdim=True), x.std((0, 2, 3), keepdim=True, correction=correction)
+    var, mean = torch.var_mean(x, (0, 2, 3), correction=correction, keepdim=True)  # one pass over x
+    return mean, var.sqrt()
 
 
 def _standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
