@@ -11,7 +11,6 @@ Under ``torchrun`` every rank evaluates a shard and the results are gathered on 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -27,7 +26,6 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .data.coco import CocoDetection, collate_fn, load_coco
 from .dist import is_distributed, rank, world_size
 from .evaluation import CocoEvaluator, evaluate_results, format_table, save_results_json
-from .pretrained import PretrainedCfg
 from .registry import create_detector
 
 __all__ = ["evaluate", "load_detector", "load_run_dir", "main", "CONFIG_FILE", "WEIGHTS_FILE"]
@@ -36,31 +34,15 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-def _cfg_overlay(pretrained_cfg: dict[str, Any], weights: Path) -> dict[str, Any]:
-    """A stored ``pretrained_cfg`` dict as an overlay pointing at the run's own weights."""
-    fields = {f.name for f in dataclasses.fields(PretrainedCfg)} - {"state_dict", "architecture", "tag"}
-    overlay = {k: tuple(v) if isinstance(v, list) else v for k, v in pretrained_cfg.items() if k in fields}
-    # The run's weights are already in kdzoo's layout: no foreign-checkpoint filter, no remote source.
-    overlay.update(file=str(weights), filter_fn=None, hf_hub_id=None, url=None, url_hash=None)
-    return overlay
-
-
 def load_run_dir(run_dir: str | Path, **kwargs: Any) -> nn.Module:
-    """Rebuild the detector of a training run from ``config.json`` and load ``model.safetensors``."""
+    """Rebuild the detector of a training run from ``config.json`` and load ``model.safetensors``
+    (the ``local-dir:`` format of :mod:`kdzoo.hub`); ``kwargs`` override stored build kwargs."""
     run_dir = Path(run_dir)
-    cfg_path, weights = run_dir / CONFIG_FILE, run_dir / WEIGHTS_FILE
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise FileNotFoundError(f"{run_dir} is not a finished kdzoo run directory: {p.name} is missing "
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir} is not a finished kdzoo run directory: {name} is missing "
                                     f"(expected {CONFIG_FILE} + {WEIGHTS_FILE}, written at the end of kdzoo.train)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-        arch, build_kwargs = cfg["architecture"], dict(cfg.get("kwargs") or {})
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{cfg_path} is not a kdzoo config (expected JSON with 'architecture' and 'kwargs'): {e}") from e
-    build_kwargs.update(kwargs)
-    return create_detector(arch, pretrained=True, pretrained_cfg_overlay=_cfg_overlay(cfg.get("pretrained_cfg") or {}, weights),
-                           **build_kwargs)
+    return create_detector(f"local-dir:{run_dir}", pretrained=True, **kwargs)
 
 
 def load_detector(source: str | Path, **kwargs: Any) -> nn.Module:
@@ -111,7 +93,9 @@ def evaluate(
             return None, None
         evaluator.merge(states)
     # all_images: an image without any detection still counts (its objects are misses).
-    return evaluator.summarize(dataset.categories, all_images=True), evaluator.results()
+    metrics = evaluator.summarize(dataset.categories, all_images=True)
+    metrics["images"] = len(evaluator.image_ids)  # evidence that the gathered shards cover the dataset
+    return metrics, evaluator.results()
 
 
 def _resolve(root: Path, p: str | None) -> Path:

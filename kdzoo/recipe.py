@@ -212,7 +212,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        if len(args) == 1:  # Optional[X]: X's own error is the precise one (e.g. an unknown nested key)
+        if len(args) == 1 and isinstance(value, (dict, list)):  # the inner error is the precise one (a nested key)
             return _convert(value, args[0], key)
         for arg in args:
             try:

@@ -47,7 +47,8 @@ from .evaluation import format_table, save_results_json
 from .recipe import Recipe, RecipeError, ScheduleCfg, load_recipe, save_recipe
 from .registry import create_detector
 
-__all__ = ["train", "lr_factor", "build_optimizer", "NonFiniteLossError", "main", "CHECKPOINT_FILE"]
+__all__ = ["train", "lr_factor", "build_optimizer", "NonFiniteLossError", "WeightsUnavailableError", "main",
+           "CHECKPOINT_FILE"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -55,6 +56,10 @@ METRICS_FILE = "metrics.jsonl"
 
 class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) became NaN/inf; the run stops before the bad update."""
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights the recipe asks for cannot be loaded (no network, no cache)."""
 
 
 # --------------------------------------------------------------------------- schedule
@@ -204,7 +209,7 @@ def _build_student(recipe: Recipe, train_ds: CocoDetection) -> nn.Module:
         return create_detector(m.name, pretrained=m.pretrained, pretrained_cfg_overlay=overlay, **kwargs)
     except (OSError, RuntimeError) as e:
         if kwargs.get("backbone_pretrained") or m.pretrained:
-            raise RuntimeError(
+            raise WeightsUnavailableError(
                 f"model {m.name!r}: could not load pretrained weights ({type(e).__name__}: {e}). "
                 "The Hugging Face Hub is probably unreachable and the weights are not in the local cache; "
                 "download them where there is network (they are cached under HF_HOME), or train from scratch "
@@ -357,7 +362,7 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
         if not main_proc:
             return None
         headline = {k: metrics[k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
-        log.write({"iter": it, "eval": headline, "per_class": metrics["per_class"]})
+        log.write({"iter": it, **headline, "per_class": metrics["per_class"]})
         print(f"\n[{recipe.output_dir}] evaluation at iteration {it}:\n{format_table(metrics)}", file=sys.stderr, flush=True)
         if final:
             save_results_json(run_dir / "results.json", results)
@@ -434,6 +439,8 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
 
     if last_ckpt_iter != max_iters:
         save_checkpoint(max_iters)
+    if is_distributed():
+        _log_rank_checksums(model, log, max_iters)
     if main_proc:
         plain = model.student_state_dict() if recipe.distill is not None else model.state_dict()
         save_weights(plain, student, run_dir)
@@ -441,6 +448,18 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
     if is_distributed():
         dist.barrier()
     return metrics
+
+
+def _log_rank_checksums(model: nn.Module, log: MetricsLog | None, it: int) -> None:
+    """DDP must keep every rank's weights identical; record one checksum per rank as evidence."""
+    with torch.no_grad():
+        local = float(sum(p.double().sum() + p.double().abs().sum() for p in model.parameters() if p.requires_grad))
+    sums: list[Any] = [None] * world_size()
+    dist.all_gather_object(sums, local)
+    if log is not None:
+        log.write({"iter": it, "rank_weight_checksums": sums})
+        if len(set(sums)) != 1:
+            print(f"warning: ranks ended with different weights (checksums {sums})", file=sys.stderr)
 
 
 def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -462,7 +481,7 @@ def _check_finite(value: torch.Tensor, parts: dict[str, torch.Tensor], it: int, 
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     if ok.item() == 1.0:
         return
-    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in parts.items())
+    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items())
     where = (f"the last good checkpoint is {ckpt} (iteration {last}); continue from it with --resume"
              if last is not None else "no checkpoint had been written yet")
     raise NonFiniteLossError(f"non-finite value at iteration {it + 1} ({detail}); training stopped before the "
@@ -488,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         train(recipe, resume=args.resume)
         return 0
-    except (RecipeError, NonFiniteLossError, FileNotFoundError, ValueError) as e:
+    except (RecipeError, NonFiniteLossError, WeightsUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
