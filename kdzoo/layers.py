@@ -9,8 +9,9 @@ __all__ = ["ConvModule", "Scale", "group_norm_groups"]
 
 
 def group_norm_groups(channels: int, preferred: int = 32) -> int:
-    """MMDetection uses 32 groups; narrower CPU heads fall back to the largest divisor <= 32."""
-    for g in range(min(preferred, channels), 0, -1):
+    """MMDetection uses 32 groups; narrower CPU heads fall back to the largest divisor that keeps
+    at least two channels per group (one channel per group fails on a 1x1 P7 map)."""
+    for g in range(min(preferred, max(channels // 2, 1)), 0, -1):
         if channels % g == 0:
             return g
     return 1

@@ -107,4 +107,6 @@ def retinanet_convnext_t(pretrained: bool = False, **kwargs: Any) -> DenseDetect
 def retinanet_swin_t(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """RetinaNet, Swin-T FPN: the teacher of CrossKD's heterogeneous Swin-T -> R50 setting."""
     kwargs.setdefault("norm_eval", False)
+    # Windows are padded per input, so detection-sized images of any shape work.
+    kwargs.setdefault("backbone_kwargs", {"strict_img_size": False})
     return _create("swin_tiny_patch4_window7_224", pretrained=pretrained, **kwargs)
