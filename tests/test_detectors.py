@@ -5,6 +5,8 @@ import torch
 from torchvision.ops import box_iou
 
 import kdzoo
+from kdzoo.builder import build_dense_detector
+from kdzoo.gfl import GFLHead
 from kdzoo.transform import DetectionTransform
 
 FAMILIES = ["retinanet_r18", "fcos_r18", "atss_r18", "gfl_r18"]
@@ -166,5 +168,4 @@ def test_bad_inputs_have_clear_errors():
     with pytest.raises(ValueError, match="targets are required"):
         m(good)
     with pytest.raises(ValueError, match="Unknown timm backbone 'resnet_5O'"):
-        kdzoo.create_detector("gfl_r18", **{**SMALL, "backbone_kwargs": None}, backbone=None) if False else \
-            __import__("kdzoo.backbone", fromlist=["TimmBackbone"]).TimmBackbone("resnet_5O")
+        build_dense_detector(GFLHead, backbone="resnet_5O")
