@@ -381,8 +381,9 @@ class FasterRCNN(nn.Module):
         self.arch_name: str = ""
         self.build_kwargs: dict[str, Any] = {}
 
-    # The image pipeline and precision switch are the dense detectors' own (same contract).
+    # The image pipeline, precision switch and saving are the dense detectors' own (same contract).
     set_inference_precision = DenseDetector.set_inference_precision
+    save_pretrained = DenseDetector.save_pretrained
     preprocess = DenseDetector.preprocess
     _autocast = DenseDetector._autocast
 

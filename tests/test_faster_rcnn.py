@@ -191,3 +191,12 @@ def test_overfits_one_image():
         hit = (det["labels"] == label) & (det["scores"] > 0.5)
         assert hit.any(), f"class {int(label)} not found with score > 0.5"
         assert box_iou(det["boxes"][hit], box[None]).max() > 0.7
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    model = kdzoo.create_detector("faster_rcnn_r18", **SMALL).eval()
+    model.save_pretrained(str(tmp_path))
+    again = kdzoo.create_detector(f"local-dir:{tmp_path}", pretrained=True).eval()
+    image = [torch.rand(3, 100, 120)]
+    a, b = model(image)[0], again(image)[0]
+    assert isinstance(again, FasterRCNN) and torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
