@@ -210,12 +210,12 @@ class MMDetRoIExtractor(nn.Module):
             raise ValueError(f"rois must be [R, 5] (image index, x1, y1, x2, y2), got shape {tuple(rois.shape)}")
         feats = feats[: len(self.strides)]
         levels = self.map_levels(rois[:, 1:])
-        out = feats[0].new_zeros(len(rois), feats[0].shape[1], self.output_size, self.output_size)
+        rois = rois.float()  # box coordinates stay fp32 under autocast (bf16 would round 523.7 to 524)
+        out = rois.new_zeros(len(rois), feats[0].shape[1], self.output_size, self.output_size)
         for level, (f, stride) in enumerate(zip(feats, self.strides)):
             idx = torch.nonzero(levels == level).squeeze(1)
             if len(idx):
-                pooled = roi_align(f, rois[idx].to(f.dtype), self.output_size, 1.0 / stride, self.sampling_ratio, aligned=True)
-                out[idx] = pooled.to(out.dtype)
+                out[idx] = roi_align(f.float(), rois[idx], self.output_size, 1.0 / stride, self.sampling_ratio, aligned=True)
         return out
 
 
