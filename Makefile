@@ -21,6 +21,17 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# The main job: shapes teacher + student baseline from scratch, evaluated (about 15 min on 2 cores).
+# --resume makes it restartable: a killed run continues, a finished one is only re-evaluated.
+SHAPES_TEACHER ?= recipes/shapes/gfl_r18_teacher.yaml
+SHAPES_STUDENT ?= recipes/shapes/gfl_r18_student.yaml
+
+run: $(STAMP)
+	@test -f data/shapes/shapes_meta.json || $(PY) -m kdzoo.data.shapes --out data/shapes
+	$(PY) -m kdzoo.train $(SHAPES_TEACHER) --resume
+	$(PY) -m kdzoo.train $(SHAPES_STUDENT) --resume
+	$(PY) -m kdzoo.eval --summary runs/shapes/gfl_r18_teacher runs/shapes/gfl_r18_student
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
 

@@ -3,6 +3,7 @@
     python -m kdzoo.eval --model runs/shapes/gfl_teacher --data data/shapes --ann annotations/instances_val.json --images-dir val
     python -m kdzoo.eval --model gfl_r50.mmdet_coco --data /coco --ann annotations/instances_val2017.json --images-dir val2017
     python -m kdzoo.eval --results my_detections.json --data data/shapes --ann annotations/instances_val.json
+    python -m kdzoo.eval --summary runs/shapes/gfl_r18_teacher runs/shapes/gfl_r18_student
 
 ``--model`` is a registry name (its tag's weights are loaded), ``hf-hub:``/``local-dir:``, or a
 run directory written by ``kdzoo.train`` (rebuilt from its ``config.json`` + ``model.safetensors``).
@@ -28,7 +29,7 @@ from .dist import is_distributed, rank, world_size
 from .evaluation import CocoEvaluator, evaluate_results, format_table, save_results_json
 from .registry import create_detector
 
-__all__ = ["evaluate", "load_detector", "load_run_dir", "main", "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = ["evaluate", "load_detector", "load_run_dir", "summary_table", "main", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -98,6 +99,29 @@ def evaluate(
     return metrics, evaluator.results()
 
 
+def summary_table(run_dirs: list[str]) -> str:
+    """Headline AP of several runs (from each run's ``eval.json``) and their per-class AP."""
+    runs = {}
+    for d in run_dirs:
+        path = Path(d) / "eval.json"
+        if not path.is_file():
+            raise SystemExit(f"error: {path} does not exist; is {d} a finished kdzoo.train run?")
+        runs[Path(d).name] = json.loads(path.read_text())
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    width = max(12, *(len(n) for n in runs))
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.1f}"
+
+    lines = [f"{'run':<{width}}  {'iters':>6}  " + "  ".join(f"{k:>5}" for k in keys)]
+    lines += [f"{n:<{width}}  {m.get('iter', 0):>6}  " + "  ".join(f"{fmt(m.get(k)):>5}" for k in keys) for n, m in runs.items()]
+    classes = list(next(iter(runs.values())).get("per_class", {}))
+    if classes:
+        lines += ["", f"{'class AP':<12}" + "".join(f"  {n[-14:]:>14}" for n in runs)]
+        lines += [f"{c:<12}" + "".join(f"  {fmt(m.get('per_class', {}).get(c)):>14}" for m in runs.values()) for c in classes]
+    return "\n".join(lines)
+
+
 def _resolve(root: Path, p: str | None) -> Path:
     if p is None:
         return root
@@ -110,8 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="registry name (arch.tag), hf-hub:/local-dir: source, or a kdzoo.train run directory")
     src.add_argument("--results", help="evaluate an existing COCO results JSON instead of running a model")
-    p.add_argument("--data", required=True, help="dataset root")
-    p.add_argument("--ann", required=True, help="COCO annotation JSON (absolute, or relative to --data)")
+    src.add_argument("--summary", nargs="+", metavar="RUN_DIR",
+                     help="print the final metrics of finished kdzoo.train runs side by side (their eval.json)")
+    p.add_argument("--data", help="dataset root")
+    p.add_argument("--ann", help="COCO annotation JSON (absolute, or relative to --data)")
     p.add_argument("--images-dir", default=None, help="image directory relative to --data (default: --data itself)")
     p.add_argument("--out", default=None, help="write the detections as a COCO results JSON here")
     p.add_argument("--batch-size", type=int, default=2)
@@ -119,7 +145,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="inference autocast dtype")
     args = p.parse_args(argv)
-
+    if args.summary:
+        print(summary_table(args.summary))
+        return None
+    if not args.data or not args.ann:
+        p.error("--data and --ann are required with --model / --results")
     root = Path(args.data)
     if not root.is_dir():
         p.error(f"--data: dataset directory {str(root)!r} does not exist")
