@@ -47,6 +47,9 @@ class PretrainedCfg:
     teacher: str | None = None
     distill_method: str | None = None
     notes: str | None = None
+    # Builder kwargs the weights need (fpn_channels, num_classes, input_size ...): create_detector uses
+    # them as defaults under the caller's kwargs. config.json keeps them under "kwargs", not here.
+    build_kwargs: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def has_weights(self) -> bool:
@@ -55,6 +58,7 @@ class PretrainedCfg:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.pop("state_dict")
+        d.pop("build_kwargs")
         d["categories"] = list(self.categories)
         return d
 

@@ -31,6 +31,8 @@ _entrypoints: dict[str, Callable[..., nn.Module]] = {}
 _module_of: dict[str, str] = {}
 # arch -> {tag: cfg}; the first tag registered is the default one.
 _pretrained: dict[str, dict[str, PretrainedCfg]] = defaultdict(dict)
+# Tags never chosen for a bare ``arch`` (embedded demo weights must not change what ``gfl_r18`` builds).
+_not_default: set[tuple[str, str]] = set()
 
 
 def register_detector(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -46,12 +48,15 @@ def register_detector(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
-def register_pretrained_cfgs(cfgs: dict[str, PretrainedCfg]) -> None:
-    """Register weight configs keyed ``arch.tag`` (or bare ``arch`` for a config without weights)."""
+def register_pretrained_cfgs(cfgs: dict[str, PretrainedCfg], default_ok: bool = True) -> None:
+    """Register weight configs keyed ``arch.tag`` (or bare ``arch`` for a config without weights).
+    ``default_ok=False``: the tags are only used when named, never as the bare architecture's default."""
     for full_name, cfg in cfgs.items():
         arch, tag = split_name(full_name)
         tag = tag or "default"
         _pretrained[arch][tag] = dataclasses.replace(cfg, architecture=arch, tag=tag)
+        if not default_ok:
+            _not_default.add((arch, tag))
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -77,8 +82,9 @@ def get_pretrained_cfg(name: str) -> PretrainedCfg:
         raise _unknown(arch, list(_entrypoints), "detector")
     tags = _pretrained.get(arch, {})
     if not tag:
-        if tags:
-            return next(iter(tags.values()))
+        for t, cfg in tags.items():
+            if (arch, t) not in _not_default:
+                return cfg
         return PretrainedCfg(architecture=arch, tag="")
     if tag not in tags:
         raise _unknown(f"{arch}.{tag}", [f"{arch}.{t}" for t in tags], "pretrained tag")
@@ -117,7 +123,8 @@ def create_detector(
     """Build a registered detector, optionally loading its pretrained weights.
 
     ``name`` is ``arch``, ``arch.tag``, ``hf-hub:org/repo`` or ``local-dir:/path``.
-    ``kwargs`` go to the architecture's builder (``num_classes``, ``feat_channels``, ...).
+    ``kwargs`` go to the architecture's builder (``num_classes``, ``feat_channels``, ...), on top of
+    the tag's ``PretrainedCfg.build_kwargs`` (an embedded checkpoint's width, classes, input size).
     """
     if name.startswith(("hf-hub:", "local-dir:")):
         from .hub import load_from_source
@@ -133,6 +140,8 @@ def create_detector(
             raise TypeError(f"pretrained_cfg_overlay has unknown field(s) {sorted(unknown)}; "
                             f"allowed: {[f.name for f in dataclasses.fields(PretrainedCfg)]}")
         cfg = dataclasses.replace(cfg, **pretrained_cfg_overlay)
+    if cfg.build_kwargs:
+        kwargs = {**cfg.build_kwargs, **kwargs}  # the tag's architecture settings; the caller's win
     model = _entrypoints[arch](pretrained=pretrained, pretrained_cfg=cfg, **kwargs)
     model.arch_name = arch
     model.build_kwargs = dict(kwargs)
