@@ -437,6 +437,13 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
                 break
     pbar.close()
 
+    final_eval = run_dir / "eval.json"
+    if start_iter == max_iters and final_eval.is_file() and (run_dir / WEIGHTS_FILE).is_file():
+        # --resume of a finished run (e.g. `make run` again): nothing to train or to evaluate.
+        metrics = json.loads(final_eval.read_text()) if main_proc else None
+        if main_proc:
+            print(f"{run_dir} is complete ({max_iters} iterations):\n{format_table(metrics)}", file=sys.stderr)
+        return metrics
     if last_ckpt_iter != max_iters:
         save_checkpoint(max_iters)
     if is_distributed():

@@ -163,6 +163,20 @@ def test_train_writes_a_complete_run(reference_run: Path, shapes: Path) -> None:
     assert metrics["AP"] == pytest.approx(final["AP"], nan_ok=True)
     assert json.loads((run / "again.json").read_text()) == json.loads((run / "results.json").read_text())
 
+    # --resume of a finished run trains and evaluates nothing more (what a second `make run` does).
+    before = (run / "metrics.jsonl").read_text()
+    again = train(load_recipe(run / "recipe.yaml"), resume=True)
+    assert again["AP"] == pytest.approx(final["AP"], nan_ok=True) and (run / "metrics.jsonl").read_text() == before
+
+
+def test_amp_bf16_on_cpu_and_adamw_cosine(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "amp"
+    train(recipe_from_dict(tiny(shapes, out, amp=True, schedule={"iters": 2, "optimizer": "adamw", "lr": 1e-3,
+                                                                   "policy": "cosine", "steps": []})))
+    rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
+    assert rec["iter"] == 2 and math.isfinite(rec["loss"])
+    assert all(v.dtype == torch.float32 for v in weights(out).values() if v.is_floating_point())  # fp32 master weights
+
 
 def test_resume_after_sigkill_matches_uninterrupted_run(reference_run: Path, shapes: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
