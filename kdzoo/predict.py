@@ -134,7 +134,9 @@ def read_image(source: str | Path | Image.Image, max_side: int = MAX_SIDE) -> tu
         raise
     except Image.DecompressionBombError as e:  # PIL refuses > 2x MAX_IMAGE_PIXELS (about 179 MP)
         raise PredictError(f"{Path(name).name} is too large to decode safely: {e}") from e
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except UnidentifiedImageError as e:
+        raise PredictError(f"{Path(name).name} is not a readable image (unknown file format)") from e
+    except (OSError, ValueError, SyntaxError) as e:
         raise PredictError(f"{Path(name).name} is not a readable image ({type(e).__name__}: {e})") from e
     notice = ""
     h, w = arr.shape[:2]
