@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-slow run bench clean
+.PHONY: setup test test-slow run bench demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py
+
+# Gradio demo on http://127.0.0.1:7860, offline, with the embedded checkpoints (DEMO_ARGS="--port 8000 --models ...").
+demo: $(STAMP)
+	$(PY) demo/app.py $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
