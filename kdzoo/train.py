@@ -227,8 +227,11 @@ def _build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
         if t.name and teacher.arch_name != t.name.partition(".")[0]:
             raise RecipeError(f"teacher.name is {t.name!r} but the run directory {ckpt} holds a {teacher.arch_name!r}")
     else:
-        overlay = {"file": str(ckpt)} if ckpt is not None else None
-        teacher = create_detector(t.name, pretrained=True, pretrained_cfg_overlay=overlay, **t.kwargs)
+        overlay, kwargs = None, dict(t.kwargs)
+        if ckpt is not None:  # a bare weights file: its head is assumed to be the dataset's size unless told
+            overlay = {"file": str(ckpt)}
+            kwargs.setdefault("num_classes", num_classes)
+        teacher = create_detector(t.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
     if teacher.num_classes != num_classes:
         raise RecipeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}")
     return teacher

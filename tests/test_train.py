@@ -39,7 +39,7 @@ def tiny(root: Path, out: Path, **top) -> dict:
         "batch_size": 4, "workers": 0, "output_dir": str(out), "checkpoint_interval": 2, "log_interval": 2,
     }
     for key, value in top.items():
-        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+        recipe[key] = {**recipe.get(key, {}), **value} if isinstance(value, dict) else value
     return recipe
 
 
@@ -204,6 +204,20 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference_run: Path, sha
     ref, got = weights(reference_run), weights(out)
     assert ref.keys() == got.keys()
     assert all(torch.allclose(ref[k], got[k], atol=1e-5) for k in ref)
+
+
+def test_distillation_hook_trains_the_student(reference_run: Path, shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "kd"
+    recipe = tiny(shapes, out, teacher={"checkpoint": str(reference_run)},
+                  distill={"method": "crosskd", "options": {"layer": 0}}, schedule={"iters": 2})
+    train(recipe_from_dict(recipe))
+    rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
+    assert any(k.startswith("loss_") and k not in ("loss_cls", "loss_bbox", "loss_dfl") for k in rec), rec
+    student = load_run_dir(out)  # the saved weights are a plain student, teacher and adapters excluded
+    assert student.arch_name == "gfl_r18" and set(student.state_dict()) == set(weights(out))
+    assert not any(k.startswith("teacher.") for k in torch.load(out / CHECKPOINT_FILE, weights_only=True)["model"])
+    with pytest.raises(RecipeError, match="teacher.checkpoint: .*missing.* does not exist"):
+        train(recipe_from_dict({**recipe, "output_dir": str(tmp_path / "kd2"), "teacher": {"checkpoint": str(tmp_path / "missing")}}))
 
 
 def test_nonfinite_loss_stops_and_keeps_last_checkpoint(shapes: Path, tmp_path: Path,
