@@ -19,6 +19,7 @@ from kdzoo.eval import load_run_dir
 from kdzoo.eval import main as eval_main
 from kdzoo.recipe import RecipeError, load_recipe, recipe_from_dict, save_recipe
 from kdzoo.train import CHECKPOINT_FILE, NonFiniteLossError, lr_factor, train
+from kdzoo.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 4
@@ -178,7 +179,8 @@ def test_amp_bf16_on_cpu_and_adamw_cosine(shapes: Path, tmp_path: Path) -> None:
     assert all(v.dtype == torch.float32 for v in weights(out).values() if v.is_floating_point())  # fp32 master weights
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(reference_run: Path, shapes: Path, tmp_path: Path) -> None:
+def test_resume_after_sigkill_matches_uninterrupted_run(reference_run: Path, shapes: Path, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "killed"
     recipe = write(tmp_path / "r.yaml", tiny(shapes, out))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -195,9 +197,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(reference_run: Path, sha
     killed_at = torch.load(ckpt, weights_only=True)["iteration"]
     assert killed_at == 2
 
-    done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert f"resuming {out} from iteration 2/{ITERS}" in done.stderr
+    assert train_main([str(recipe), "--resume"]) == 0  # in-process: one interpreter start less
+    assert f"resuming {out} from iteration 2/{ITERS}" in capsys.readouterr().err
     assert torch.load(ckpt, weights_only=True)["iteration"] == ITERS
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in records if "loss" in r] == [2, 4]
@@ -239,7 +240,7 @@ def test_nonfinite_loss_stops_and_keeps_last_checkpoint(shapes: Path, tmp_path: 
     assert not (out / "model.safetensors").exists()
 
 
-def test_bad_annotation_and_undecodable_image(shapes: Path, tmp_path: Path) -> None:
+def test_bad_annotation_and_undecodable_image(shapes: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import shutil
 
     data = tmp_path / "data"
@@ -254,20 +255,26 @@ def test_bad_annotation_and_undecodable_image(shapes: Path, tmp_path: Path) -> N
         train(recipe_from_dict(tiny(data, tmp_path / "b", data={"root": str(data)})))
     # The CLI reports recipe problems as one line, no traceback.
     bad = write(tmp_path / "bad.yaml", {**tiny(data, tmp_path / "c"), "schedul": {}})
-    cli = subprocess.run([sys.executable, "-m", "kdzoo.train", str(bad)], cwd=REPO, capture_output=True, text=True)
-    assert cli.returncode == 1 and "unknown recipe key 'schedul'. Did you mean 'schedule'?" in cli.stderr
-    assert "Traceback" not in cli.stderr
+    capsys.readouterr()
+    assert train_main([str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "unknown recipe key 'schedul'. Did you mean 'schedule'?" in err
 
 
-def test_pretrained_backbone_offline_fails_clearly(shapes: Path, tmp_path: Path) -> None:
+def test_pretrained_backbone_offline_fails_clearly(shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import huggingface_hub.constants
+
+    # HF_HUB_OFFLINE=1, as huggingface_hub reads it at import time (this process imported it already).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     recipe = write(tmp_path / "r.yaml", tiny(shapes, tmp_path / "run", model={
         "name": "gfl_r18", "kwargs": {"backbone_pretrained": True, "fpn_channels": 16}}))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     t0 = time.time()
-    cli = subprocess.run([sys.executable, "-m", "kdzoo.train", str(recipe)], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert cli.returncode == 1 and time.time() - t0 < 60
-    assert "could not load pretrained weights" in cli.stderr and "backbone_pretrained=false" in cli.stderr
+    assert train_main([str(recipe)]) == 1 and time.time() - t0 < 30
+    err = capsys.readouterr().err
+    assert "could not load pretrained weights" in err and "backbone_pretrained=false" in err
 
 
 # ----------------------------------------------------------------------------- evaluation
