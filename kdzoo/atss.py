@@ -51,14 +51,15 @@ class ATSSHead(DenseHead):
     def decode(self, reg, priors, strides, max_shape=None):
         return self.coder.decode(priors, reg, max_shape)
 
+    def assign_single(self, level_priors, boxes):
+        return self.assigner(torch.cat(level_priors), [len(p) for p in level_priors], boxes)
+
     def loss(self, outputs, targets, image_sizes):
         level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
         priors = torch.cat(level_priors)
-        per_level = [len(p) for p in level_priors]
         flat = self.flatten(outputs)
         all_labels, pos_boxes, pos_gt, pos_ctr_pred, pos_ctr_t = [], [], [], [], []
-        for i, t in enumerate(targets):
-            assigned = self.assigner(priors, per_level, t["boxes"])
+        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
             pos = assigned >= 0
             labels = torch.full_like(assigned, self.num_classes)
             labels[pos] = t["labels"][assigned[pos]]

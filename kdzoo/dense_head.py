@@ -131,6 +131,16 @@ class DenseHead(nn.Module):
         """Regression outputs [K, reg_channels] at ``priors`` [K, ...] -> xyxy boxes [K, 4]."""
         raise NotImplementedError
 
+    def assign_single(self, level_priors: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        """One image's label assignment: per prior, the index of its GT box, ``NEGATIVE`` or ``IGNORE``."""
+        raise NotImplementedError
+
+    def assign(self, outputs: list[LevelOutputs], targets: list[dict]) -> torch.Tensor:
+        """The assignment the detection losses use, for every image: ``[N, num_priors]``. Public so
+        distillers average their terms over the same positives (``targets`` in the resized frame)."""
+        level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
+        return torch.stack([self.assign_single(level_priors, t["boxes"]) for t in targets])
+
     def prior_strides(self, priors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([p.new_full((len(p),), float(s)) for p, s in zip(priors, self.strides)])
 

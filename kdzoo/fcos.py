@@ -61,14 +61,16 @@ class FCOSHead(DenseHead):
     def decode(self, reg, priors, strides, max_shape=None):
         return distance2bbox(priors, reg, max_shape)
 
+    def assign_single(self, level_priors, boxes):
+        points = torch.cat(level_priors)
+        ranges = torch.cat([points.new_tensor(r).expand(len(p), 2) for r, p in zip(self.regress_ranges, level_priors)])
+        return fcos_assign(points, ranges, boxes)
+
     def loss(self, outputs, targets, image_sizes):
-        level_points = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
-        points = torch.cat(level_points)
-        ranges = torch.cat([points.new_tensor(r).expand(len(p), 2) for r, p in zip(self.regress_ranges, level_points)])
+        points = torch.cat(self.priors(self.level_sizes(outputs), outputs[0]["cls"].device))
         flat = self.flatten(outputs)
         all_labels, pos_pred, pos_target, pos_points, pos_ctr = [], [], [], [], []
-        for i, t in enumerate(targets):
-            assigned = fcos_assign(points, ranges, t["boxes"])
+        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
             pos = assigned >= 0
             labels = torch.full_like(assigned, self.num_classes)
             labels[pos] = t["labels"][assigned[pos]]

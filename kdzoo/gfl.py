@@ -50,15 +50,16 @@ class GFLHead(DenseHead):
         """Distribution logits -> expected side distances (in strides) -> boxes in pixels."""
         return distance2bbox(anchor_centers(priors), self.integral(reg) * strides[:, None], max_shape)
 
+    def assign_single(self, level_priors, boxes):
+        return self.assigner(torch.cat(level_priors), [len(p) for p in level_priors], boxes)
+
     def loss(self, outputs, targets, image_sizes):
         level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
         priors = torch.cat(level_priors)
         strides = self.prior_strides(level_priors)
-        per_level = [len(p) for p in level_priors]
         flat = self.flatten(outputs)
         all_labels, all_scores, pos_terms = [], [], []
-        for i, t in enumerate(targets):
-            assigned = self.assigner(priors, per_level, t["boxes"])
+        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
             pos = assigned >= 0
             labels = torch.full_like(assigned, self.num_classes)
             labels[pos] = t["labels"][assigned[pos]]

@@ -43,12 +43,14 @@ class RetinaHead(DenseHead):
     def decode(self, reg, priors, strides, max_shape=None):
         return self.coder.decode(priors, reg, max_shape)
 
+    def assign_single(self, level_priors, boxes):
+        return self.assigner(torch.cat(level_priors), boxes)
+
     def loss(self, outputs, targets, image_sizes):
         priors = torch.cat(self.priors(self.level_sizes(outputs), outputs[0]["cls"].device))
         flat = self.flatten(outputs)
         cls_terms, reg_terms, num_pos = [], [], 0
-        for i, t in enumerate(targets):
-            assigned = self.assigner(priors, t["boxes"])
+        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
             pos = assigned >= 0
             labels = torch.full_like(assigned, self.num_classes)
             labels[pos] = t["labels"][assigned[pos]]

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 
 from kdzoo import create_detector
-from kdzoo.distill import Distiller, build_distiller, list_distillers
+from kdzoo.distill import Distiller, build_distiller, list_distillers, teacher_inputs
 from kdzoo.distill.crosskd import (
     StudentAssignment,
     assign_priors,
@@ -263,11 +263,10 @@ def test_heterogeneous_pair_with_mismatched_widths_trains() -> None:
 def test_teacher_inputs_renormalised_for_a_caffe_teacher() -> None:
     student, teacher = small("fcos_r18", 0), small("fcos_r18", 1)
     teacher.transform = DetectionTransform(size=(SIZE, SIZE), mean=(102.98, 115.95, 122.77), std=(1.0, 1.0, 1.0), bgr=True)
-    distiller = build_distiller("crosskd", student, teacher)
     images = [torch.rand(3, SIZE, SIZE), torch.rand(3, 48, SIZE)]  # the second one is padded
     batch_ = student.preprocess(images)[0]
     expected = teacher.transform(images)[0].tensors
-    assert torch.allclose(distiller._teacher_inputs(batch_), expected, atol=1e-4)
+    assert torch.allclose(teacher_inputs(batch_, student.transform, teacher.transform), expected, atol=1e-4)
 
 
 # ---------------------------------------------------------------------------- construction errors

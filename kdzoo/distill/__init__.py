@@ -17,7 +17,9 @@ from typing import Any, Callable, TypeVar
 import torch
 import torch.nn as nn
 
-__all__ = ["Distiller", "register_distiller", "build_distiller", "list_distillers"]
+from ..transform import DetectionTransform, ImageBatch
+
+__all__ = ["Distiller", "register_distiller", "build_distiller", "list_distillers", "teacher_inputs"]
 
 _DISTILLERS: dict[str, type["Distiller"]] = {}
 D = TypeVar("D", bound=type["Distiller"])
@@ -71,6 +73,24 @@ class Distiller(nn.Module):
 
     def forward(self, images: list[torch.Tensor], targets: list[dict]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def teacher_inputs(batch: ImageBatch, student_transform: DetectionTransform,
+                   teacher_transform: DetectionTransform) -> torch.Tensor:
+    """The student's padded batch re-normalised for the teacher when their pixel statistics or
+    channel order differ (e.g. a caffe-style BGR teacher), so both see the same resized frame
+    (priors, RoIs and masks live in it); the padding stays zero as the teacher's transform pads."""
+    s, t, x = student_transform, teacher_transform, batch.tensors
+    if s.bgr == t.bgr and torch.equal(s.mean, t.mean.to(s.mean)) and torch.equal(s.std, t.std.to(s.std)):
+        return x
+    raw = x * s.std + s.mean
+    if s.bgr != t.bgr:
+        raw = raw.flip(1)
+    x = (raw - t.mean.to(raw)) / t.std.to(raw)
+    mask = torch.zeros_like(x[:, :1])
+    for m, (h, w) in zip(mask, batch.image_sizes):
+        m[:, :h, :w] = 1
+    return x * mask
 
 
 def register_distiller(name: str) -> Callable[[D], D]:

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..assigners import IGNORE, ATSSAssigner, fcos_assign
+from ..assigners import IGNORE
 from ..atss import ATSSHead
 from ..dense_head import DenseHead, LevelOutputs
 from ..detector import check_targets
@@ -33,8 +33,7 @@ from ..fcos import FCOSHead, centerness_target
 from ..gfl import GFLHead
 from ..losses import giou_loss, iou_loss
 from ..retinanet import RetinaHead
-from ..transform import ImageBatch
-from . import Distiller, register_distiller
+from . import Distiller, register_distiller, teacher_inputs
 
 __all__ = [
     "CrossKD",
@@ -116,29 +115,18 @@ class StudentAssignment:
 
 
 def assign_priors(head: DenseHead, outputs: list[LevelOutputs], targets: list[dict]) -> StudentAssignment:
-    """Run the head's own assigner on its own priors (the same calls its ``loss`` makes), so the KD
-    losses are averaged over the student's positives as in the reference. ``targets`` are in
+    """The student's own assignment (``DenseHead.assign``, the one its detection losses use), so the
+    KD losses are averaged over the student's positives as in the reference. ``targets`` are in
     the resized frame (``DenseDetector.preprocess``)."""
-    device = outputs[0]["cls"].device
-    level_priors = head.priors(head.level_sizes(outputs), device)
-    priors = torch.cat(level_priors)
-    if isinstance(head, FCOSHead):
-        ranges = torch.cat([priors.new_tensor(r).expand(len(p), 2) for r, p in zip(head.regress_ranges, level_priors)])
-        assigned = [fcos_assign(priors, ranges, t["boxes"]) for t in targets]
-    elif isinstance(head.assigner, ATSSAssigner):
-        per_level = [len(p) for p in level_priors]
-        assigned = [head.assigner(priors, per_level, t["boxes"]) for t in targets]
-    else:
-        assigned = [head.assigner(priors, t["boxes"]) for t in targets]
-    assigned = torch.stack(assigned)
+    assigned = head.assign(outputs, targets)
     positive = assigned >= 0
-    ctr = []
+    centerness_sum = outputs[0]["cls"].new_zeros(())
     if isinstance(head, FCOSHead):
+        points = torch.cat(head.priors(head.level_sizes(outputs), assigned.device))
         for a, t in zip(assigned, targets):
             pos = a >= 0
-            gt, pts = t["boxes"][a[pos]], priors[pos]
-            ctr.append(centerness_target(torch.cat([pts - gt[:, :2], gt[:, 2:] - pts], 1)).sum())
-    centerness_sum = torch.stack(ctr).sum() if ctr else priors.new_zeros(())
+            gt, pts = t["boxes"][a[pos]], points[pos]
+            centerness_sum = centerness_sum + centerness_target(torch.cat([pts - gt[:, :2], gt[:, 2:] - pts], 1)).sum()
     return StudentAssignment(
         positive=positive,
         valid=assigned != IGNORE,
@@ -226,22 +214,6 @@ class CrossKD(Distiller):
         self.to(next(student.parameters()).device)
 
     # ------------------------------------------------------------------ pieces
-    def _teacher_inputs(self, batch: ImageBatch) -> torch.Tensor:
-        """The student's padded batch re-normalised for the teacher when their transforms differ
-        (e.g. a caffe-style BGR teacher), with the padding zero as the teacher's transform pads."""
-        s, t = self.student.transform, self.teacher.transform
-        x = batch.tensors
-        if s.bgr == t.bgr and torch.equal(s.mean, t.mean.to(s.mean)) and torch.equal(s.std, t.std.to(s.std)):
-            return x
-        raw = x * s.std + s.mean
-        if s.bgr != t.bgr:
-            raw = raw.flip(1)
-        x = (raw - t.mean.to(raw)) / t.std.to(raw)
-        mask = torch.zeros_like(x[:, :1])
-        for m, (h, w) in zip(mask, batch.image_sizes):
-            m[:, :h, :w] = 1
-        return x * mask
-
     def cross_head_predictions(self, student_taps: list[dict[str, torch.Tensor]],
                                teacher_taps: list[dict[str, torch.Tensor]]) -> list[LevelOutputs]:
         """The student's tap features through the teacher's tower layers ``layer..`` and predictors
@@ -316,7 +288,7 @@ class CrossKD(Distiller):
         # Requirement 4 of the issue: no graph through the teacher's backbone, neck or towers;
         # only the cross-head path below builds one through its later layers.
         with torch.no_grad():
-            t_feats = teacher.extract_feats(self._teacher_inputs(batch))
+            t_feats = teacher.extract_feats(teacher_inputs(batch, student.transform, teacher.transform))
             t_out = teacher.bbox_head(t_feats, tap=tap)
         s_feats = student.extract_feats(batch.tensors)
         s_out = student.bbox_head(s_feats, tap=tap)

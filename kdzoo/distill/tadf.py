@@ -30,8 +30,7 @@ from ..detector import DenseDetector, check_targets
 from ..dist import reduce_mean
 from ..faster_rcnn import FasterRCNN, RoIHead
 from ..retinanet import RetinaHead
-from ..transform import DetectionTransform, ImageBatch
-from . import Distiller, register_distiller
+from . import Distiller, register_distiller, teacher_inputs
 
 __all__ = [
     "TADF",
@@ -43,7 +42,6 @@ __all__ = [
     "soft_label_kl",
     "teacher_better_cls_mask",
     "teacher_better_reg_mask",
-    "teacher_inputs",
 ]
 
 TERMS = ("feat", "cls", "reg")
@@ -141,23 +139,6 @@ def teacher_better_reg_mask(student_boxes: torch.Tensor, teacher_boxes: torch.Te
         raise ValueError(f"student, teacher and GT boxes must share one shape [K, 4]; got {tuple(student_boxes.shape)}, "
                          f"{tuple(teacher_boxes.shape)}, {tuple(gt_boxes.shape)}")
     return aligned_iou(teacher_boxes.float(), gt_boxes.float()) > aligned_iou(student_boxes.float(), gt_boxes.float()) + margin
-
-
-def teacher_inputs(batch: ImageBatch, student_transform: DetectionTransform, teacher_transform: DetectionTransform) -> torch.Tensor:
-    """The student's padded batch re-normalised for the teacher when their pixel statistics or
-    channel order differ, so both see the same resized frame (RoIs and masks live in it); padding
-    stays zero as the teacher's own transform pads."""
-    s, t, x = student_transform, teacher_transform, batch.tensors
-    if s.bgr == t.bgr and torch.equal(s.mean, t.mean.to(s.mean)) and torch.equal(s.std, t.std.to(s.std)):
-        return x
-    raw = x * s.std + s.mean
-    if s.bgr != t.bgr:
-        raw = raw.flip(1)
-    x = (raw - t.mean.to(raw)) / t.std.to(raw)
-    mask = torch.zeros_like(x[:, :1])
-    for m, (h, w) in zip(mask, batch.image_sizes):
-        m[:, :h, :w] = 1
-    return x * mask
 
 
 # ---------------------------------------------------------------------------- distiller
@@ -316,8 +297,7 @@ class TADF(Distiller):
         priors = torch.cat(head.priors(head.level_sizes(outputs), feats[0].device))
         flat, t_flat = head.flatten(outputs), head.flatten(t_outputs)
         cls, t_cls, reg, t_reg, labels, gt, pri = [], [], [], [], [], [], []
-        for i, t in enumerate(targets):
-            assigned = head.assigner(priors, t["boxes"])
+        for i, (t, assigned) in enumerate(zip(targets, head.assign(outputs, targets))):
             pos = assigned >= 0
             for store, value in ((cls, flat["cls"][i][pos]), (t_cls, t_flat["cls"][i][pos]), (reg, flat["reg"][i][pos]),
                                  (t_reg, t_flat["reg"][i][pos]), (labels, t["labels"][assigned[pos]]),
