@@ -94,7 +94,7 @@ def _to_fp16(path: Path) -> None:
     tensors = load_file(str(path))
     for key, t in tensors.items():
         if t.is_floating_point():
-            if t.abs().max() > torch.finfo(torch.float16).max:
+            if t.numel() and t.abs().max() > torch.finfo(torch.float16).max:
                 raise ValueError(f"{key} has values beyond the fp16 range; it cannot be embedded in fp16")
             tensors[key] = t.half().contiguous()
     save_file(tensors, str(path), metadata={"format": "pt", "dtype": "float16"})
