@@ -115,6 +115,20 @@ def atss_r18(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
 
 
 @register_detector
+def atss_r10t(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
+    """ATSS, ResNet-10-T FPN-128: a shapes teacher."""
+    kwargs.setdefault("fpn_channels", 128)
+    return _create("resnet10t", pretrained=pretrained, **kwargs)
+
+
+@register_detector
+def atss_mnv3s(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
+    """ATSS, MobileNetV3-Small FPN-48: a shapes student, heterogeneous to atss_r10t."""
+    kwargs.setdefault("fpn_channels", 48)
+    return _create("mobilenetv3_small_100", pretrained=pretrained, **kwargs)
+
+
+@register_detector
 def atss_convnext_t(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """ATSS, ConvNeXt-T FPN: a heterogeneous teacher."""
     kwargs.setdefault("norm_eval", False)

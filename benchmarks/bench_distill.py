@@ -1,0 +1,193 @@
+"""Distillation on the shapes dataset: the same budget and seeds for every row.
+
+    python benchmarks/bench_distill.py [--families gfl atss] [--seeds 0 1 2] [--methods ...]
+
+For each family the shapes teacher is trained once (its recipe, ``--resume``), then every
+method's recipe is trained for each seed with ``seed=S`` and its own ``output_dir``; finished
+runs are reused, so the script can be stopped and restarted. Rows:
+
+* CrossKD families (recipes/shapes/{family}_*.yaml): teacher, student baseline, prediction
+  mimicking, PKD, CrossKD, CrossKD+PKD;
+* ``faster_rcnn`` (TADF, recipes/shapes/faster_rcnn_r18_*.yaml and tadf_faster_rcnn_r18.yaml):
+  teacher, student baseline, each TADF term alone, all terms with and without decay.
+
+Writes ``docs/distill_results.md`` (mean, std and per-seed AP), ``docs/distill_results.json``
+and ``docs/distill_ap.png`` (AP per method with the spread over seeds).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass
+class Row:
+    label: str
+    recipe: str
+    overrides: list[str] = field(default_factory=list)
+    seeded: bool = True  # trained once per seed (the teacher is trained once)
+
+
+def crosskd_rows(family: str) -> list[Row]:
+    r = f"recipes/shapes/{family}_"
+    return [
+        Row("teacher", r + "teacher.yaml", seeded=False),
+        Row("student baseline", r + "student.yaml"),
+        Row("prediction mimicking", r + "mimic.yaml"),
+        Row("PKD (features)", r + "pkd.yaml"),
+        Row("CrossKD", r + "crosskd.yaml"),
+        Row("CrossKD+PKD", r + "crosskd_pkd.yaml"),
+    ]
+
+
+def tadf_rows() -> list[Row]:
+    r = "recipes/shapes/"
+    tadf = r + "tadf_faster_rcnn_r18.yaml"
+    return [
+        Row("teacher", r + "faster_rcnn_r18_teacher.yaml", seeded=False),
+        Row("student baseline", r + "faster_rcnn_r18_student.yaml"),
+        Row("TADF feature only", tadf, ["distill.options.terms=[feat]"]),
+        Row("TADF classification only", tadf, ["distill.options.terms=[cls]"]),
+        Row("TADF regression only", tadf, ["distill.options.terms=[reg]"]),
+        Row("TADF all, no decay", tadf, ["distill.options.decay=constant"]),
+        Row("TADF all, linear decay", tadf, ["distill.options.decay=linear"]),
+    ]
+
+
+FAMILIES = {"gfl": lambda: crosskd_rows("gfl"), "atss": lambda: crosskd_rows("atss"), "faster_rcnn": tadf_rows}
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
+
+
+def run(row: Row, family: str, seed: int | None, runs_root: Path, teacher_dir: Path | None) -> dict:
+    """Train (or reuse) one run and return its eval.json."""
+    recipe = _load(row.recipe)
+    if seed in (None, recipe.get("seed", 0)) and not row.overrides:
+        out = ROOT / recipe["output_dir"]  # the recipe as shipped: shared with `make run`
+    else:
+        out = runs_root / family / f"{_slug(row.label)}_seed{seed}"
+    eval_file = out / "eval.json"
+    if not eval_file.is_file():
+        cmd = [PY, "-m", "kdzoo.train", row.recipe, f"output_dir={out}", *row.overrides, "--resume"]
+        if seed is not None:
+            cmd.append(f"seed={seed}")
+        if teacher_dir is not None and row.seeded:
+            cmd.append(f"teacher.checkpoint={teacher_dir}")
+        t = time.time()
+        print("$", " ".join(cmd[1:]), flush=True)
+        log = out.parent / f"{out.name}.log"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w") as f:
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+        if rc != 0:
+            raise SystemExit(f"{row.label} (seed {seed}) failed with exit code {rc}; see {log}")
+        print(f"  done in {time.time() - t:.0f} s", flush=True)
+    return {**json.loads(eval_file.read_text()), "run_dir": str(out)}
+
+
+def _load(recipe: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((ROOT / recipe).read_text()) or {}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--families", nargs="+", default=["gfl", "atss"], choices=sorted(FAMILIES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="*", default=None, help="row labels to run (default: all)")
+    ap.add_argument("--runs", default="runs/bench", help="where the runs go")
+    ap.add_argument("--out", default="docs", help="where the table, JSON and plot go")
+    args = ap.parse_args()
+    runs_root = ROOT / args.runs
+    results: dict[str, dict[str, dict]] = {}
+    for family in args.families:
+        rows = FAMILIES[family]()
+        teacher_row = rows[0]
+        teacher_eval = run(teacher_row, family, None, runs_root, None)
+        teacher_dir = Path(teacher_eval["run_dir"])
+        fam = results.setdefault(family, {})
+        fam[teacher_row.label] = {"recipe": teacher_row.recipe, "seeds": [None], "AP": [teacher_eval["AP"]], "AP50": [teacher_eval["AP50"]]}
+        for row in rows[1:]:
+            if args.methods and row.label not in args.methods:
+                continue
+            teacher = teacher_dir if "teacher" in _load(row.recipe) else None
+            evals = [run(row, family, s, runs_root, teacher) for s in args.seeds]
+            fam[row.label] = {"recipe": row.recipe, "overrides": row.overrides, "seeds": args.seeds,
+                              "AP": [e["AP"] for e in evals], "AP50": [e["AP50"] for e in evals]}
+            write_outputs(results, ROOT / args.out)
+    write_outputs(results, ROOT / args.out)
+    print((ROOT / args.out / "distill_results.md").read_text())
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def write_outputs(results: dict, out_dir: Path) -> None:
+    """Merge this process's families into the shared results (families may run in parallel
+    processes, one per family) and rewrite the table and plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "distill_results.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.update(results)
+    results = merged
+    tmp = out_dir / f"distill_results.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(path)
+    lines = ["# Distillation on the shapes dataset", "",
+             "Produced by `python benchmarks/bench_distill.py` (same schedule, data and seeds for every row; "
+             "COCO AP on the 200 shapes val images, in %). Mean ± sample std over seeds; the teacher is trained once.", ""]
+    for family, rows in results.items():
+        base = rows.get("student baseline")
+        base_mean = _stats(base["AP"])[0] if base else None
+        lines += [f"## {family}", "", "| method | AP mean ± std | Δ vs baseline | AP50 mean | per-seed AP | recipe |",
+                  "|---|---|---|---|---|---|"]
+        for label, r in rows.items():
+            m, s = _stats(r["AP"])
+            delta = "" if base_mean is None or label in ("teacher", "student baseline") else f"{m - base_mean:+.1f}"
+            seeds = ", ".join(f"{v:.1f}" for v in r["AP"])
+            extra = (" " + " ".join(r.get("overrides", []))) if r.get("overrides") else ""
+            lines.append(f"| {label} | {m:.1f} ± {s:.1f} | {delta} | {_stats(r['AP50'])[0]:.1f} | {seeds} | `{r['recipe']}`{extra} |")
+        lines.append("")
+    (out_dir / "distill_results.md").write_text("\n".join(lines))
+    _plot(results, out_dir / "distill_ap.png")
+
+
+def _plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4), squeeze=False)
+    for ax, (family, rows) in zip(axes[0], results.items()):
+        labels = list(rows)
+        for i, label in enumerate(labels):
+            aps = rows[label]["AP"]
+            m, s = _stats(aps)
+            ax.errorbar([i], [m], yerr=[s], fmt="o", capsize=4, color="C0" if label != "teacher" else "C3")
+            ax.scatter([i] * len(aps), aps, s=10, color="gray", zorder=3)
+        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_ylabel("COCO AP (shapes val)")
+        ax.set_title(f"{family}: mean ± std over seeds (dots: seeds)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
