@@ -30,7 +30,7 @@ run: $(STAMP)
 	@test -f data/shapes/shapes_meta.json || $(PY) -m kdzoo.data.shapes --out data/shapes
 	$(PY) -m kdzoo.train $(SHAPES_TEACHER) --resume
 	$(PY) -m kdzoo.train $(SHAPES_STUDENT) --resume
-	$(PY) -m kdzoo.eval --summary runs/shapes/gfl_r18_teacher runs/shapes/gfl_r18_student
+	$(PY) -m kdzoo.eval --summary $(SHAPES_TEACHER) $(SHAPES_STUDENT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py

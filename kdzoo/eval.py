@@ -3,7 +3,7 @@
     python -m kdzoo.eval --model runs/shapes/gfl_teacher --data data/shapes --ann annotations/instances_val.json --images-dir val
     python -m kdzoo.eval --model gfl_r50.mmdet_coco --data /coco --ann annotations/instances_val2017.json --images-dir val2017
     python -m kdzoo.eval --results my_detections.json --data data/shapes --ann annotations/instances_val.json
-    python -m kdzoo.eval --summary runs/shapes/gfl_r18_teacher runs/shapes/gfl_r18_student
+    python -m kdzoo.eval --summary runs/shapes/gfl_r18_teacher recipes/shapes/gfl_r18_student.yaml
 
 ``--model`` is a registry name (its tag's weights are loaded), ``hf-hub:``/``local-dir:``, or a
 run directory written by ``kdzoo.train`` (rebuilt from its ``config.json`` + ``model.safetensors``).
@@ -103,6 +103,10 @@ def summary_table(run_dirs: list[str]) -> str:
     """Headline AP of several runs (from each run's ``eval.json``) and their per-class AP."""
     runs = {}
     for d in run_dirs:
+        if Path(d).suffix in (".yaml", ".yml"):  # a recipe stands for its run directory
+            from .recipe import load_recipe
+
+            d = load_recipe(d).output_dir
         path = Path(d) / "eval.json"
         if not path.is_file():
             raise SystemExit(f"error: {path} does not exist; is {d} a finished kdzoo.train run?")
@@ -134,8 +138,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="registry name (arch.tag), hf-hub:/local-dir: source, or a kdzoo.train run directory")
     src.add_argument("--results", help="evaluate an existing COCO results JSON instead of running a model")
-    src.add_argument("--summary", nargs="+", metavar="RUN_DIR",
-                     help="print the final metrics of finished kdzoo.train runs side by side (their eval.json)")
+    src.add_argument("--summary", nargs="+", metavar="RUN_DIR_OR_RECIPE",
+                     help="print the final metrics of finished kdzoo.train runs (run directories or their recipes) "
+                          "side by side, from their eval.json")
     p.add_argument("--data", help="dataset root")
     p.add_argument("--ann", help="COCO annotation JSON (absolute, or relative to --data)")
     p.add_argument("--images-dir", default=None, help="image directory relative to --data (default: --data itself)")

@@ -164,6 +164,11 @@ def test_train_writes_a_complete_run(reference_run: Path, shapes: Path) -> None:
     assert metrics["AP"] == pytest.approx(final["AP"], nan_ok=True)
     assert json.loads((run / "again.json").read_text()) == json.loads((run / "results.json").read_text())
 
+    from kdzoo.eval import summary_table
+
+    table = summary_table([str(run / "recipe.yaml"), str(run)])  # a recipe stands for its output_dir
+    assert table.splitlines()[1].split()[:2] == [run.name, str(ITERS)] and "circle" in table
+
     # --resume of a finished run trains and evaluates nothing more (what a second `make run` does).
     before = (run / "metrics.jsonl").read_text()
     again = train(load_recipe(run / "recipe.yaml"), resume=True)
