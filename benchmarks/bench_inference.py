@@ -73,11 +73,16 @@ def main() -> None:
                                                              score_thresh=args.score_thr, min_size=h, max_size=max(w, 1333))
     tv = tv.to(device).eval()
     kd = kdzoo.create_detector("retinanet_r50", input_size=(max(w, 1333), h), score_thr=args.score_thr).to(device).eval()
-    # The detection heads start at prior 0.01 (below the threshold); raise the class bias so
-    # both models post-process a realistic number of candidates.
+    # The detection heads start at prior 0.01 with near-constant logits; give the classifier
+    # image-dependent logits around the threshold so that both models post-process a realistic
+    # number of candidates and the fast-path check compares real detections above 0.3.
     with torch.no_grad():
-        tv.head.classification_head.cls_logits.bias.fill_(-2.0)
-        kd.bbox_head.retina_cls.bias.fill_(-2.0)
+        for tower in (tv.head.classification_head, kd.bbox_head.cls_convs):
+            for conv in (m for m in tower.modules() if isinstance(m, torch.nn.Conv2d)):
+                torch.nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        for conv in (tv.head.classification_head.cls_logits, kd.bbox_head.retina_cls):
+            torch.nn.init.normal_(conv.weight, std=0.02)
+            conv.bias.fill_(-2.0)
     fast = kdzoo.create_detector("retinanet_r50", input_size=(max(w, 1333), h), score_thr=args.score_thr).to(device).eval()
     fast.load_state_dict(kd.state_dict())
     fast_dtype = "fp16" if device.type == "cuda" else "bf16"

@@ -6,7 +6,7 @@ copies the weights into the fp32 model (``load_state_dict`` casts). At ``import 
 folder is registered, so ``create_detector('gfl_r18.shapes', pretrained=True)`` works offline,
 with the folder's build kwargs (width, classes, input size) applied.
 
-    python -m kdzoo.embed runs/shapes/crosskd_gfl_r18 --name gfl_r18.shapes_crosskd [--out kdzoo/weights]
+    python -m kdzoo.embed runs/shapes/gfl_crosskd --name gfl_mnv3s.shapes_crosskd --teacher gfl_r10t.shapes [--out kdzoo/weights]
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Run a detector on images and draw its boxes: ``python -m kdzoo.predict INPUTS... --model NAME``.
 
     python -m kdzoo.predict photos/ 'more/*.jpg' one.png --model gfl_r18.shapes --out predictions
-    python -m kdzoo.predict data/shapes/val --model runs/shapes/crosskd_gfl_r18 --score-thr 0.3
+    python -m kdzoo.predict data/shapes/val --model gfl_mnv3s.shapes_crosskd --score-thr 0.3
 
 ``--model`` is a registry name with weights (``arch.tag``), ``hf-hub:org/name``, ``local-dir:path``
 or a training run directory. ``--out`` receives one annotated image per input and
