@@ -13,7 +13,7 @@ from .fpn import FPN
 from .pretrained import PretrainedCfg
 from .transform import DetectionTransform, ImageBatch
 
-__all__ = ["DenseDetector", "check_targets"]
+__all__ = ["Detector", "DenseDetector", "check_targets"]
 
 
 def check_targets(targets: object, num_images: int, num_classes: int) -> None:
@@ -39,28 +39,24 @@ def check_targets(targets: object, num_images: int, num_classes: int) -> None:
                                  f"expected 0-based class indices below num_classes={num_classes}")
 
 
-class DenseDetector(nn.Module):
-    """``model(images: list[Tensor[3,H,W]] in 0..1, targets=None)``.
+class Detector(nn.Module):
+    """What every kdzoo detector shares: the transform, backbone and neck, the fast inference path,
+    saving, and the rebuild information the registry records (``arch_name``, ``build_kwargs``)."""
 
-    Training returns a dict of losses; eval returns ``[{boxes, scores, labels}]`` per image in
-    that image's own pixel coordinates (labels are 0-based class indices).
-    """
-
-    def __init__(self, backbone: TimmBackbone, neck: FPN, bbox_head: DenseHead, transform: DetectionTransform,
+    def __init__(self, backbone: nn.Module, neck: nn.Module, transform: DetectionTransform, num_classes: int,
                  *, pretrained_cfg: PretrainedCfg | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.neck = neck
-        self.bbox_head = bbox_head
         self.transform = transform
         self.pretrained_cfg = pretrained_cfg or PretrainedCfg()
-        self.num_classes = bbox_head.num_classes
+        self.num_classes = num_classes
         self.inference_dtype: torch.dtype | None = None
         # Set by the registry: how to rebuild this model (config.json).
         self.arch_name: str = ""
         self.build_kwargs: dict[str, Any] = {}
 
-    def set_inference_precision(self, dtype: torch.dtype | str | None) -> "DenseDetector":
+    def set_inference_precision(self, dtype: torch.dtype | str | None) -> "Detector":
         """Fast path: run backbone, neck and head under autocast (``'bf16'`` on CPUs with AVX-512
         BF16/AMX, ``'fp16'``/``'bf16'`` on GPUs) with channels-last memory; decoding and NMS stay fp32."""
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}.get(dtype, dtype) if isinstance(dtype, str) else dtype
@@ -76,6 +72,11 @@ class DenseDetector(nn.Module):
         return save_pretrained(self, save_directory, **kwargs)
 
     def preprocess(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[ImageBatch, list[dict] | None]:
+        """Check the inputs, then normalise, resize and pad (targets follow into the resized frame)."""
+        if self.training:
+            if targets is None:
+                raise ValueError("targets are required in training mode (call model.eval() for inference)")
+            check_targets(targets, len(images), self.num_classes)
         batch, targets = self.transform(images, targets)
         batch.tensors = batch.tensors.contiguous(memory_format=torch.channels_last)
         return batch, targets
@@ -89,11 +90,20 @@ class DenseDetector(nn.Module):
         device_type = next(self.parameters()).device.type
         return torch.autocast(device_type, dtype=self.inference_dtype)
 
+
+class DenseDetector(Detector):
+    """``model(images: list[Tensor[3,H,W]] in 0..1, targets=None)``.
+
+    Training returns a dict of losses; eval returns ``[{boxes, scores, labels}]`` per image in
+    that image's own pixel coordinates (labels are 0-based class indices).
+    """
+
+    def __init__(self, backbone: TimmBackbone, neck: FPN, bbox_head: DenseHead, transform: DetectionTransform,
+                 *, pretrained_cfg: PretrainedCfg | None = None) -> None:
+        super().__init__(backbone, neck, transform, bbox_head.num_classes, pretrained_cfg=pretrained_cfg)
+        self.bbox_head = bbox_head
+
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode (call model.eval() for inference)")
-            check_targets(targets, len(images), self.num_classes)
         batch, targets = self.preprocess(images, targets)
         with self._autocast():
             outputs = self.bbox_head(self.extract_feats(batch.tensors))

@@ -38,7 +38,7 @@ from torchvision.ops import batched_nms, roi_align
 from .assigners import NEGATIVE, MaxIoUAssigner
 from .backbone import TimmBackbone
 from .box_ops import DeltaXYWHCoder
-from .detector import DenseDetector, check_targets
+from .detector import Detector
 from .dist import reduce_mean
 from .fpn import FPN
 from .pretrained import PretrainedCfg
@@ -362,30 +362,16 @@ class RoIHead(nn.Module):
 
 
 # ------------------------------------------------------------------------------- detector
-class FasterRCNN(nn.Module):
+class FasterRCNN(Detector):
     """``model(images: list[Tensor[3,H,W]] in 0..1, targets=None)``, the dense detectors' call
     convention: training returns ``loss_rpn_cls``, ``loss_rpn_bbox``, ``loss_cls``, ``loss_bbox``;
     eval returns ``[{boxes, scores, labels}]`` per image in its own coordinates."""
 
     def __init__(self, backbone: TimmBackbone, neck: FPN, rpn_head: RPNHead, roi_head: RoIHead,
                  transform: DetectionTransform, *, pretrained_cfg: PretrainedCfg | None = None) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.neck = neck
+        super().__init__(backbone, neck, transform, roi_head.num_classes, pretrained_cfg=pretrained_cfg)
         self.rpn_head = rpn_head
         self.roi_head = roi_head
-        self.transform = transform
-        self.pretrained_cfg = pretrained_cfg or PretrainedCfg()
-        self.num_classes = roi_head.num_classes
-        self.inference_dtype: torch.dtype | None = None
-        self.arch_name: str = ""
-        self.build_kwargs: dict[str, Any] = {}
-
-    # The image pipeline, precision switch and saving are the dense detectors' own (same contract).
-    set_inference_precision = DenseDetector.set_inference_precision
-    save_pretrained = DenseDetector.save_pretrained
-    preprocess = DenseDetector.preprocess
-    _autocast = DenseDetector._autocast
 
     def extract_feats(self, x: torch.Tensor) -> list[torch.Tensor]:
         """FPN levels P2..P6 (strides 4..64); the RoI head pools from P2..P5."""
@@ -409,10 +395,6 @@ class FasterRCNN(nn.Module):
         return losses, RoIOutputs(sampled, cls_logits, deltas)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode (call model.eval() for inference)")
-            check_targets(targets, len(images), self.num_classes)
         batch, targets = self.preprocess(images, targets)
         if self.training:
             return self.forward_train(self.extract_feats(batch.tensors), targets, batch.image_sizes)[0]
