@@ -71,12 +71,14 @@ class Detector(nn.Module):
 
         return save_pretrained(self, save_directory, **kwargs)
 
+    def check_training_inputs(self, images: list[torch.Tensor], targets: list[dict] | None) -> None:
+        """Training needs one well-formed target per image."""
+        if targets is None:
+            raise ValueError("targets are required in training mode (call model.eval() for inference)")
+        check_targets(targets, len(images), self.num_classes)
+
     def preprocess(self, images: list[torch.Tensor], targets: list[dict] | None = None) -> tuple[ImageBatch, list[dict] | None]:
-        """Check the inputs, then normalise, resize and pad (targets follow into the resized frame)."""
-        if self.training:
-            if targets is None:
-                raise ValueError("targets are required in training mode (call model.eval() for inference)")
-            check_targets(targets, len(images), self.num_classes)
+        """Normalise, resize and pad (targets follow into the resized frame)."""
         batch, targets = self.transform(images, targets)
         batch.tensors = batch.tensors.contiguous(memory_format=torch.channels_last)
         return batch, targets
@@ -104,6 +106,8 @@ class DenseDetector(Detector):
         self.bbox_head = bbox_head
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        if self.training:
+            self.check_training_inputs(images, targets)
         batch, targets = self.preprocess(images, targets)
         with self._autocast():
             outputs = self.bbox_head(self.extract_feats(batch.tensors))

@@ -395,6 +395,8 @@ class FasterRCNN(Detector):
         return losses, RoIOutputs(sampled, cls_logits, deltas)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
+        if self.training:
+            self.check_training_inputs(images, targets)
         batch, targets = self.preprocess(images, targets)
         if self.training:
             return self.forward_train(self.extract_feats(batch.tensors), targets, batch.image_sizes)[0]
