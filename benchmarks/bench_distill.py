@@ -43,9 +43,9 @@ def crosskd_rows(family: str) -> list[Row]:
     return [
         Row("teacher", r + "teacher.yaml", seeded=False),
         Row("student baseline", r + "student.yaml"),
+        Row("CrossKD", r + "crosskd.yaml"),
         Row("prediction mimicking", r + "mimic.yaml"),
         Row("PKD (features)", r + "pkd.yaml"),
-        Row("CrossKD", r + "crosskd.yaml"),
         Row("CrossKD+PKD", r + "crosskd_pkd.yaml"),
     ]
 
