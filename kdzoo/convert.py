@@ -1,7 +1,7 @@
 """MMDetection (2.x/3.x) and CrossKD checkpoints -> kdzoo state dicts.
 
 kdzoo keeps MMDetection's parameter names wherever it can, so conversion is a short list of
-renames (``docs/architecture.md``; the layouts are recorded in ``shared/reference/mmdet_layouts``):
+renames (``docs/architecture.md``; the layouts are recorded in ``tests/data/mmdet_layouts``):
 
 * ``backbone.<name>`` -> ``backbone.body.<name>``: timm's ResNet names (``conv1``, ``bn1``,
   ``layer1.0.downsample.0``) are MMDetection's. Caffe-style ResNets (FCOS) have the same

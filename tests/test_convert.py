@@ -1,5 +1,5 @@
 """MMDetection -> kdzoo conversion against the real MMDetection 3.3 state-dict layouts
-(``shared/reference/mmdet_layouts``): every tensor consumed, every tensor placed where it belongs."""
+(``tests/data/mmdet_layouts``, from the project's shared reference): every tensor consumed, every tensor placed where it belongs."""
 from __future__ import annotations
 
 import json
@@ -14,9 +14,9 @@ import torch
 import kdzoo
 from kdzoo.convert import CheckpointMismatchError, main, mmdet_to_kdzoo, read_mmdet_checkpoint
 
-LAYOUTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "mmdet_layouts"
-if not LAYOUTS.is_dir():
-    LAYOUTS = Path("/work/shared/reference/mmdet_layouts")
+# MMDetection 3.3's state-dict layouts (keys and shapes) for nine COCO configs, vendored from the
+# project's shared reference so the tests run in any checkout.
+LAYOUTS = Path(__file__).resolve().parent / "data" / "mmdet_layouts"
 
 DENSE = {
     "gfl_r50_fpn_1x_coco": "gfl_r50",

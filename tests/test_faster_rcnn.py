@@ -15,7 +15,7 @@ import kdzoo
 from kdzoo.convert import mmdet_key_map
 from kdzoo.faster_rcnn import FasterRCNN, MMDetRoIExtractor, RoIHead, SampledRoIs, faster_rcnn_r18, random_sample
 
-LAYOUT = Path(__file__).resolve().parents[2] / "shared/reference/mmdet_layouts/faster-rcnn_r50_fpn_1x_coco.json"
+LAYOUT = Path(__file__).resolve().parent / "data" / "mmdet_layouts" / "faster-rcnn_r50_fpn_1x_coco.json"
 SMALL = dict(num_classes=3, input_size=(128, 128), fpn_channels=32, fc_channels=64, norm_eval=False, frozen_stages=-1)
 
 
