@@ -79,22 +79,47 @@ def run(row: Row, family: str, seed: int | None, runs_root: Path, teacher_dir: P
     else:
         out = runs_root / family / f"{_slug(row.label)}_seed{seed}"
     eval_file = out / "eval.json"
-    if not eval_file.is_file():
-        cmd = [PY, "-m", "kdzoo.train", row.recipe, f"output_dir={out}", *row.overrides, "--resume"]
-        if seed is not None:
-            cmd.append(f"seed={seed}")
-        if teacher_dir is not None and row.seeded:
-            cmd.append(f"teacher.checkpoint={teacher_dir}")
-        t = time.time()
-        print("$", " ".join(cmd[1:]), flush=True)
-        log = out.parent / f"{out.name}.log"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w") as f:
-            rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
-        if rc != 0:
-            raise SystemExit(f"{row.label} (seed {seed}) failed with exit code {rc}; see {log}")
-        print(f"  done in {time.time() - t:.0f} s", flush=True)
+    lock = out.parent / f"{out.name}.lock"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    while not eval_file.is_file():
+        try:  # several bench processes may share the queue: one trains a run, the others wait for it
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            if not _owner_alive(lock):
+                lock.unlink(missing_ok=True)  # left by a killed process; --resume picks its run up
+            time.sleep(10)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        try:
+            _train(row, out, seed, teacher_dir)
+        finally:
+            lock.unlink(missing_ok=True)
     return {**json.loads(eval_file.read_text()), "run_dir": str(out)}
+
+
+def _owner_alive(lock: Path) -> bool:
+    try:
+        os.kill(int(lock.read_text()), 0)
+        return True
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+
+
+def _train(row: Row, out: Path, seed: int | None, teacher_dir: Path | None) -> None:
+    cmd = [PY, "-m", "kdzoo.train", row.recipe, f"output_dir={out}", *row.overrides, "--resume"]
+    if seed is not None:
+        cmd.append(f"seed={seed}")
+    if teacher_dir is not None and row.seeded:
+        cmd.append(f"teacher.checkpoint={teacher_dir}")
+    t = time.time()
+    print("$", " ".join(cmd[1:]), flush=True)
+    log = out.parent / f"{out.name}.log"
+    with open(log, "a") as f:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT)
+    if rc != 0:
+        raise SystemExit(f"{row.label} (seed {seed}) failed with exit code {rc}; see {log}")
+    print(f"  done in {time.time() - t:.0f} s", flush=True)
 
 
 def _load(recipe: str) -> dict:
@@ -107,7 +132,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--families", nargs="+", default=["gfl", "atss"], choices=sorted(FAMILIES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--methods", nargs="*", default=None, help="row labels to run (default: all)")
+    ap.add_argument("--methods", nargs="*", default=None, help="row labels to run, in this order (default: all)")
     ap.add_argument("--runs", default="runs/bench", help="where the runs go")
     ap.add_argument("--out", default="docs", help="where the table, JSON and plot go")
     args = ap.parse_args()
@@ -120,9 +145,13 @@ def main() -> None:
         teacher_dir = Path(teacher_eval["run_dir"])
         fam = results.setdefault(family, {})
         fam[teacher_row.label] = {"recipe": teacher_row.recipe, "seeds": [None], "AP": [teacher_eval["AP"]], "AP50": [teacher_eval["AP50"]]}
-        for row in rows[1:]:
-            if args.methods and row.label not in args.methods:
-                continue
+        todo = rows[1:]
+        if args.methods:
+            unknown = set(args.methods) - {r.label for r in todo}
+            if unknown:
+                raise SystemExit(f"unknown --methods {sorted(unknown)}; choose from {[r.label for r in todo]}")
+            todo = sorted((r for r in todo if r.label in args.methods), key=lambda r: args.methods.index(r.label))
+        for row in todo:
             teacher = teacher_dir if "teacher" in _load(row.recipe) else None
             evals = [run(row, family, s, runs_root, teacher) for s in args.seeds]
             fam[row.label] = {"recipe": row.recipe, "overrides": row.overrides, "seeds": args.seeds,
