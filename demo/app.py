@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.online:
         set_offline()
     import kdzoo  # noqa: F401  (after the environment: registers the embedded checkpoints)
-    from kdzoo.embed import list_embedded
+    from kdzoo.embedded import list_embedded
     from kdzoo.predict import PredictError
 
     defaults = args.models if args.models is not None else list_embedded()

@@ -13,7 +13,7 @@ from .registry import (
 from . import atss, faster_rcnn, fcos, gfl, retinanet  # noqa: E402,F401
 from . import zoo  # noqa: E402,F401  (official MMDetection/CrossKD checkpoints, CrossKD student entry points)
 from .hub import load_from_source, push_to_hub, save_pretrained  # noqa: E402
-from .embed import register_embedded as _register_embedded  # noqa: E402
+from .embedded import register_embedded as _register_embedded  # noqa: E402
 
 _register_embedded()  # kdzoo/weights/<arch>.<tag>/ -> pretrained cfgs 'arch.tag' (offline demo checkpoints)
 
