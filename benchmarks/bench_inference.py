@@ -36,22 +36,26 @@ def _time(fn, reps: int) -> list[float]:
 
 def matches(ref: dict, fast: dict, score_min: float = 0.3, px: float = 1.0, score_tol: float = 0.01) -> tuple[bool, str]:
     """Every fp32 detection above ``score_min`` has a same-class fast detection within ``px`` on
-    every coordinate and ``score_tol`` in score (and vice versa)."""
-    def one_way(a: dict, b: dict) -> tuple[bool, str]:
-        keep = a["scores"] > score_min
+    every coordinate and ``score_tol`` in score, and vice versa (a detection within ``score_tol``
+    of the threshold may fall on either side of it)."""
+    def one_way(a: dict, b: dict, threshold: float) -> tuple[bool, str]:
+        keep = a["scores"] > threshold
         for box, score, label in zip(a["boxes"][keep], a["scores"][keep], a["labels"][keep]):
             same = b["labels"] == label
             if not same.any():
                 return False, f"no box of class {int(label)}"
             err = (b["boxes"][same] - box).abs().amax(1)
             j = int(err.argmin())
-            if err[j] > px or abs(float(b["scores"][same][j] - score)) > score_tol:
-                return False, f"box err {float(err[j]):.2f}px, score err {abs(float(b['scores'][same][j] - score)):.4f}"
+            score_err = abs(float(b["scores"][same][j] - score))
+            if err[j] > px or score_err > score_tol:
+                return False, f"class {int(label)} score {float(score):.3f}: box err {float(err[j]):.2f}px, score err {score_err:.4f}"
         return True, f"{int(keep.sum())} boxes"
 
-    ok1, msg1 = one_way(ref, fast)
-    ok2, _ = one_way({**fast, "scores": fast["scores"] - score_tol}, ref)
-    return ok1 and ok2, msg1
+    ok, msg = one_way(ref, fast, score_min)
+    if not ok:
+        return ok, msg
+    ok, back = one_way(fast, ref, score_min + score_tol)
+    return ok, msg if ok else f"reverse: {back}"
 
 
 def parity(source: str, image_dir: str, count: int, device: torch.device) -> None:
