@@ -37,7 +37,9 @@ class ConvModule(nn.Module):
         x = self.conv(x)
         if self.norm_name == "gn":
             x = self.gn(x)
-        return F.relu(x) if activate else x
+        # In place: conv and GroupNorm backward do not need their outputs, and with activate=True the
+        # pre-activation tensor is not returned (the CrossKD tap uses activate=False).
+        return F.relu(x, inplace=True) if activate else x
 
 
 class Scale(nn.Module):
