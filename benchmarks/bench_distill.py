@@ -43,9 +43,9 @@ def crosskd_rows(family: str) -> list[Row]:
     return [
         Row("teacher", r + "teacher.yaml", seeded=False),
         Row("student baseline", r + "student.yaml"),
-        Row("CrossKD", r + "crosskd.yaml"),
         Row("prediction mimicking", r + "mimic.yaml"),
         Row("PKD (features)", r + "pkd.yaml"),
+        Row("CrossKD", r + "crosskd.yaml"),
         Row("CrossKD+PKD", r + "crosskd_pkd.yaml"),
     ]
 
@@ -171,8 +171,10 @@ def write_outputs(results: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "distill_results.json"
     merged = json.loads(path.read_text()) if path.is_file() else {}
-    merged.update(results)
-    results = merged
+    for family, rows in results.items():
+        merged.setdefault(family, {}).update(rows)
+    # rows in the order of the family's definition, whoever finished first
+    results = {f: {r.label: merged[f][r.label] for r in FAMILIES[f]() if r.label in merged[f]} for f in merged}
     tmp = out_dir / f"distill_results.json.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(results, indent=2))
     tmp.replace(path)
