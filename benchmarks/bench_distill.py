@@ -71,13 +71,22 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in label.lower()).strip("_")
 
 
-def run(row: Row, family: str, seed: int | None, runs_root: Path, teacher_dir: Path | None) -> dict:
-    """Train (or reuse) one run and return its eval.json."""
+def _run_dir(row: Row, family: str, seed: int | None, runs_root: Path) -> Path:
     recipe = _load(row.recipe)
     if seed in (None, recipe.get("seed", 0)) and not row.overrides:
-        out = ROOT / recipe["output_dir"]  # the recipe as shipped: shared with `make run`
-    else:
-        out = runs_root / family / f"{_slug(row.label)}_seed{seed}"
+        return ROOT / recipe["output_dir"]  # the recipe as shipped: shared with `make run`
+    return runs_root / family / f"{_slug(row.label)}_seed{seed}"
+
+
+def _find(row: Row, family: str, seed: int | None, runs_root: Path) -> Path | None:
+    """The finished run's eval.json, if there is one."""
+    path = _run_dir(row, family, seed, runs_root) / "eval.json"
+    return path if path.is_file() else None
+
+
+def run(row: Row, family: str, seed: int | None, runs_root: Path, teacher_dir: Path | None) -> dict:
+    """Train (or reuse) one run and return its eval.json."""
+    out = _run_dir(row, family, seed, runs_root)
     eval_file = out / "eval.json"
     lock = out.parent / f"{out.name}.lock"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -135,12 +144,17 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", default=None, help="row labels to run, in this order (default: all)")
     ap.add_argument("--runs", default="runs/bench", help="where the runs go")
     ap.add_argument("--out", default="docs", help="where the table, JSON and plot go")
+    ap.add_argument("--collect-only", action="store_true",
+                    help="train nothing: tabulate the finished runs, skipping rows with a missing seed")
     args = ap.parse_args()
     runs_root = ROOT / args.runs
     results: dict[str, dict[str, dict]] = {}
     for family in args.families:
         rows = FAMILIES[family]()
         teacher_row = rows[0]
+        if args.collect_only and _find(teacher_row, family, None, runs_root) is None:
+            print(f"{family}: no finished teacher run, skipped")
+            continue
         teacher_eval = run(teacher_row, family, None, runs_root, None)
         teacher_dir = Path(teacher_eval["run_dir"])
         fam = results.setdefault(family, {})
@@ -152,6 +166,9 @@ def main() -> None:
                 raise SystemExit(f"unknown --methods {sorted(unknown)}; choose from {[r.label for r in todo]}")
             todo = sorted((r for r in todo if r.label in args.methods), key=lambda r: args.methods.index(r.label))
         for row in todo:
+            if args.collect_only and any(_find(row, family, seed, runs_root) is None for seed in args.seeds):
+                print(f"{family}: {row.label} has unfinished seeds, left out")
+                continue
             teacher = teacher_dir if "teacher" in _load(row.recipe) else None
             evals = [run(row, family, s, runs_root, teacher) for s in args.seeds]
             fam[row.label] = {"recipe": row.recipe, "overrides": row.overrides, "seeds": args.seeds,
