@@ -20,11 +20,8 @@ SMALL = dict(num_classes=3, input_size=(128, 128), fpn_channels=32, fc_channels=
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test in this module runs on one thread (tests/conftest.py)."""
 
 
 def small_model(**kw) -> FasterRCNN:
