@@ -70,6 +70,8 @@ if faster_rcnn is not None:
     register_pretrained_cfgs({
         "faster_rcnn_r50.mmdet_coco": _mmdet("faster_rcnn", "faster_rcnn_r50_fpn_1x_coco",
                                              "faster_rcnn_r50_fpn_1x_coco_20200130-047c8118.pth", 37.4),
+        "faster_rcnn_r101.mmdet_coco": _mmdet("faster_rcnn", "faster_rcnn_r101_fpn_1x_coco",
+                                              "faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth", 39.4),
     })
 
 

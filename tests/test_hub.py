@@ -310,7 +310,7 @@ def test_zoo_entries_are_published_and_convertible():
     """Official checkpoints: hash-checked MMDetection URLs converted on load, APs labelled as published."""
     mmdet = kdzoo.list_pretrained("*.mmdet_coco*")
     assert {"gfl_r50.mmdet_coco", "gfl_r101.mmdet_coco", "atss_r101.mmdet_coco", "retinanet_r101.mmdet_coco",
-            "fcos_r101.mmdet_coco"} <= set(mmdet)
+            "fcos_r101.mmdet_coco", "faster_rcnn_r50.mmdet_coco", "faster_rcnn_r101.mmdet_coco"} <= set(mmdet)
     for name in mmdet:
         cfg = kdzoo.get_pretrained_cfg(name)
         assert cfg.url.startswith("https://download.openmmlab.com/mmdetection/v2.0/")
@@ -320,6 +320,9 @@ def test_zoo_entries_are_published_and_convertible():
         assert cfg.bgr == name.startswith("fcos")  # caffe-style FCOS checkpoints take BGR input
     assert kdzoo.get_pretrained_cfg("gfl_r101.mmdet_coco").url.endswith(
         "gfl_r101_fpn_mstrain_2x_coco_20200629_200126-dd12f847.pth")
+    # the TADF COCO recipe's teacher
+    assert kdzoo.get_pretrained_cfg("faster_rcnn_r101.mmdet_coco").url.endswith(
+        "faster_rcnn_r101_fpn_1x_coco/faster_rcnn_r101_fpn_1x_coco_20200130-f513f705.pth")
     # the CrossKD student architectures (gfl_r50_crosskd ...), not other tags that end in _crosskd
     students = {n: kdzoo.get_pretrained_cfg(n) for n in kdzoo.list_detectors(include_tags=True)
                 if n.split(".")[0].endswith("_crosskd")}
