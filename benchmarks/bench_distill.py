@@ -8,7 +8,7 @@ runs are reused, so the script can be stopped and restarted. Rows:
 
 * CrossKD families (recipes/shapes/{family}_*.yaml): teacher, student baseline, prediction
   mimicking, PKD, CrossKD, CrossKD+PKD;
-* ``faster_rcnn`` (TADF, recipes/shapes/faster_rcnn_r18_*.yaml and tadf_faster_rcnn_r18.yaml):
+* ``faster_rcnn`` (TADF, recipes/shapes/faster_rcnn_{teacher,student,tadf}.yaml):
   teacher, student baseline, each TADF term alone, all terms with and without decay.
 
 Writes ``docs/distill_results.md`` (mean, std and per-seed AP), ``docs/distill_results.json``
@@ -51,11 +51,11 @@ def crosskd_rows(family: str) -> list[Row]:
 
 
 def tadf_rows() -> list[Row]:
-    r = "recipes/shapes/"
-    tadf = r + "tadf_faster_rcnn_r18.yaml"
+    r = "recipes/shapes/faster_rcnn_"
+    tadf = r + "tadf.yaml"
     return [
-        Row("teacher", r + "faster_rcnn_r18_teacher.yaml", seeded=False),
-        Row("student baseline", r + "faster_rcnn_r18_student.yaml"),
+        Row("teacher", r + "teacher.yaml", seeded=False),
+        Row("student baseline", r + "student.yaml"),
         Row("TADF feature only", tadf, ["distill.options.terms=[feat]"]),
         Row("TADF classification only", tadf, ["distill.options.terms=[cls]"]),
         Row("TADF regression only", tadf, ["distill.options.terms=[reg]"]),

@@ -7,6 +7,12 @@ of live tensor memory during one step above what was live before it (gradients a
 place, so weights, gradients and momentum are not counted: activations and temporaries are):
 on CUDA ``max_memory_allocated``, on the CPU the running
 sum of the per-op allocations and frees recorded by ``torch.profiler`` (profile_memory=True).
+It also counts the floating-point operations of one step of each kind (forward and backward,
+``torch.utils.flop_counter``): the FLOP ratio is the machine-independent part of the cost, the
+floor the time ratio approaches when the step is compute-bound. CrossKD's own work is the
+teacher's tower layers ``layer..`` and predictors run on the student's tap feature, forward and
+backward (input gradients only), so the ratio falls as the backbones' share of the step grows
+(larger images, deeper backbones).
 
     python benchmarks/bench_distill_cost.py                       # gfl_r18 -> gfl_r18, 320 px
     python benchmarks/bench_distill_cost.py --teacher gfl_r50 --size 800 --device cuda
@@ -20,6 +26,7 @@ import time
 from typing import Callable
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from kdzoo import create_detector
 from kdzoo.distill import build_distiller
@@ -62,6 +69,13 @@ def peak_memory(fn: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+def count_flops(fn: Callable[[], None]) -> int:
+    """Floating-point operations of one call (convolutions and matrix products, forward and backward)."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", default="gfl_r18")
@@ -74,6 +88,7 @@ def main() -> None:
     ap.add_argument("--num-classes", type=int, default=80)
     ap.add_argument("--threads", type=int, default=0, help="torch threads on the CPU (0: torch's default)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--flops-only", action="store_true", help="count FLOPs only (no timing, no memory)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -107,6 +122,15 @@ def main() -> None:
 
     steps = {"student step": student_step, "teacher forward": teacher_forward, f"{args.mode} step": crosskd_step}
     names = list(steps)
+    header = (f"{args.student} <- {args.teacher}, {args.mode}, batch {args.batch} x {args.size} px, device {device}"
+              f"{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}")
+    flops = {name: count_flops(steps[name]) for name in names}
+    flop_line = ("  FLOPs            " + ", ".join(f"{k} {v / 1e9:.1f} G" for k, v in flops.items())
+                 + f"; ratio {flops[names[2]] / (flops[names[0]] + flops[names[1]]):.3f}")
+    if args.flops_only:
+        print(header)
+        print(flop_line)
+        return
     times: dict[str, list[float]] = {k: [] for k in names}
     for rep in range(args.warmup + args.reps):
         order = names[rep % 3:] + names[:rep % 3]
@@ -122,13 +146,13 @@ def main() -> None:
 
     mem = {name: peak_memory(steps[name], device) for name in (names[0], names[2])}
 
-    print(f"{args.student} <- {args.teacher}, {args.mode}, batch {args.batch} x {args.size} px, device {device}"
-          f"{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}, {args.reps} interleaved reps")
+    print(f"{header}, {args.reps} interleaved reps")
     for k in names:
         print(f"  {k:18s} median {med[k] * 1000:8.1f} ms   (min {min(times[k]) * 1000:.1f}, max {max(times[k]) * 1000:.1f})")
     ratio = med[names[2]] / (med[names[0]] + med[names[1]])
     print(f"  step-time ratio  {names[2]} / (student step + teacher forward) = {ratio:.3f} "
           f"(median of per-rep ratios {statistics.median(per_rep):.3f}); target <= 1.10")
+    print(flop_line)
     print(f"  peak memory      student step {mem[names[0]] / 2**20:.2f} MiB, {names[2]} {mem[names[2]] / 2**20:.2f} MiB, "
           f"ratio {mem[names[2]] / max(mem[names[0]], 1):.3f}")
 

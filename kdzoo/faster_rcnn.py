@@ -483,3 +483,12 @@ def faster_rcnn_r18(pretrained: bool = False, **kwargs: Any) -> FasterRCNN:
     kwargs.setdefault("fc_channels", 512)
     return build_faster_rcnn(backbone="resnet18", pretrained=pretrained, **kwargs)
 
+
+
+@register_detector
+def faster_rcnn_mnv3s(pretrained: bool = False, **kwargs: Any) -> FasterRCNN:
+    """Faster R-CNN, MobileNetV3-Small FPN-48 with a 256-wide box head: the shapes TADF student,
+    heterogeneous to ``faster_rcnn_r18`` (different backbone family and FPN width)."""
+    kwargs.setdefault("fpn_channels", 48)
+    kwargs.setdefault("fc_channels", 256)
+    return build_faster_rcnn(backbone="mobilenetv3_small_100", pretrained=pretrained, **kwargs)

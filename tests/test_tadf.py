@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from kdzoo.distill import build_distiller
 from kdzoo.distill.tadf import (TADF, decay_factor, gaussian_fg_mask, masked_feature_loss, soft_label_kl,
                                 teacher_better_cls_mask, teacher_better_reg_mask)
-from kdzoo.faster_rcnn import faster_rcnn_r18
+from kdzoo.faster_rcnn import faster_rcnn_mnv3s, faster_rcnn_r18
 from kdzoo.retinanet import retinanet_r18
 
 SMALL = dict(num_classes=3, input_size=(128, 128), fpn_channels=32, frozen_stages=-1)
@@ -222,3 +222,21 @@ def test_a_few_training_steps(make):
         opt.step()
     assert all(torch.equal(v, frozen[k]) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in student.state_dict().items() if v.is_floating_point())
+
+
+def test_heterogeneous_pair_mobilenet_student_resnet_teacher():
+    """The shapes pair's shape: a MobileNetV3 student (FPN 24) under a ResNet-18 teacher (FPN 32)."""
+    torch.manual_seed(0)
+    student = faster_rcnn_mnv3s(**{**SMALL, "fpn_channels": 24, "fc_channels": 32})
+    distiller = build_distiller("tadf", student, frcnn(1)).train()
+    assert distiller.adapter.weight.shape == (32, 24, 1, 1)
+    opt = torch.optim.SGD([p for p in distiller.parameters() if p.requires_grad], lr=0.01)
+    images, targets = data()
+    for _ in range(2):
+        losses = distiller(images, targets)
+        assert {"loss_kd_feat", "loss_kd_cls", "loss_kd_reg"} <= set(losses)
+        assert all(torch.isfinite(v) for v in losses.values())
+        opt.zero_grad()
+        sum(losses.values()).backward()
+        opt.step()
+    assert distiller.student_state_dict().keys() == student.state_dict().keys()
