@@ -65,6 +65,7 @@ def tadf_rows() -> list[Row]:
 
 
 FAMILIES = {"gfl": lambda: crosskd_rows("gfl"), "atss": lambda: crosskd_rows("atss"), "faster_rcnn": tadf_rows}
+METHOD = {"gfl": "CrossKD", "atss": "CrossKD", "faster_rcnn": "TADF"}
 
 
 def _slug(label: str) -> str:
@@ -171,8 +172,9 @@ def main() -> None:
                 continue
             teacher = teacher_dir if "teacher" in _load(row.recipe) else None
             evals = [run(row, family, s, runs_root, teacher) for s in args.seeds]
-            fam[row.label] = {"recipe": row.recipe, "overrides": row.overrides, "seeds": args.seeds,
-                              "AP": [e["AP"] for e in evals], "AP50": [e["AP50"] for e in evals]}
+            order = sorted(range(len(args.seeds)), key=lambda i: args.seeds[i])  # per-seed columns in seed order
+            fam[row.label] = {"recipe": row.recipe, "overrides": row.overrides, "seeds": [args.seeds[i] for i in order],
+                              "AP": [evals[i]["AP"] for i in order], "AP50": [evals[i]["AP50"] for i in order]}
             write_outputs(results, ROOT / args.out)
     write_outputs(results, ROOT / args.out)
     print((ROOT / args.out / "distill_results.md").read_text())
@@ -201,7 +203,7 @@ def write_outputs(results: dict, out_dir: Path) -> None:
     for family, rows in results.items():
         base = rows.get("student baseline")
         base_mean = _stats(base["AP"])[0] if base else None
-        lines += [f"## {family}", "", "| method | AP mean ± std | Δ vs baseline | AP50 mean | per-seed AP | recipe |",
+        lines += [f"## {family} ({METHOD[family]})", "", _pair_line(rows), "", "| method | AP mean ± std | Δ vs baseline | AP50 mean | per-seed AP | recipe |",
                   "|---|---|---|---|---|---|"]
         for label, r in rows.items():
             m, s = _stats(r["AP"])
@@ -212,6 +214,16 @@ def write_outputs(results: dict, out_dir: Path) -> None:
         lines.append("")
     (out_dir / "distill_results.md").write_text("\n".join(lines))
     _plot(results, out_dir / "distill_ap.png")
+
+
+def _pair_line(rows: dict) -> str:
+    """Which models and schedules the family's rows compare, read from the teacher and baseline recipes."""
+    def desc(label: str) -> str:
+        r = _load(rows[label]["recipe"])
+        return f"`{r['model']['name']}` ({r['schedule']['iters']} iterations of {r['batch_size']})"
+    if not {"teacher", "student baseline"} <= set(rows):
+        return ""
+    return f"Teacher {desc('teacher')}; every other row trains the student {desc('student baseline')}."
 
 
 def _plot(results: dict, path: Path) -> None:
@@ -230,7 +242,7 @@ def _plot(results: dict, path: Path) -> None:
             ax.scatter([i] * len(aps), aps, s=10, color="gray", zorder=3)
         ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
         ax.set_ylabel("COCO AP (shapes val)")
-        ax.set_title(f"{family}: mean ± std over seeds (dots: seeds)")
+        ax.set_title(f"{family} ({METHOD[family]}): mean ± std over seeds (dots: seeds)")
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
