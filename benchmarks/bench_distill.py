@@ -9,7 +9,8 @@ runs are reused, so the script can be stopped and restarted. Rows:
 * CrossKD families (recipes/shapes/{family}_*.yaml): teacher, student baseline, prediction
   mimicking, PKD, CrossKD, CrossKD+PKD;
 * ``faster_rcnn`` (TADF, recipes/shapes/faster_rcnn_{teacher,student,tadf}.yaml):
-  teacher, student baseline, each TADF term alone, all terms with and without decay.
+  teacher, student baseline, each TADF term alone, all terms with and without decay, and all
+  terms without the teacher-wins rule (every positive region distilled).
 
 Writes ``docs/distill_results.md`` (mean, std and per-seed AP), ``docs/distill_results.json``
 and ``docs/distill_ap.png`` (AP per method with the spread over seeds).
@@ -61,6 +62,7 @@ def tadf_rows() -> list[Row]:
         Row("TADF regression only", tadf, ["distill.options.terms=[reg]"]),
         Row("TADF all, no decay", tadf, ["distill.options.decay=constant"]),
         Row("TADF all, linear decay", tadf, ["distill.options.decay=linear"]),
+        Row("TADF all, not adaptive", tadf, ["distill.options.adaptive=false"]),  # every positive distilled
     ]
 
 
