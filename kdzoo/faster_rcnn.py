@@ -484,7 +484,6 @@ def faster_rcnn_r18(pretrained: bool = False, **kwargs: Any) -> FasterRCNN:
     return build_faster_rcnn(backbone="resnet18", pretrained=pretrained, **kwargs)
 
 
-
 @register_detector
 def faster_rcnn_mnv3s(pretrained: bool = False, **kwargs: Any) -> FasterRCNN:
     """Faster R-CNN, MobileNetV3-Small FPN-48 with a 256-wide box head: the shapes TADF student,
