@@ -1,6 +1,6 @@
 """Distillation on the shapes dataset: the same budget and seeds for every row.
 
-    python benchmarks/bench_distill.py [--families gfl atss] [--seeds 0 1 2] [--methods ...]
+    python benchmarks/bench_distill.py [--families gfl atss faster_rcnn] [--seeds 0 1 2] [--methods ...]
 
 For each family the shapes teacher is trained once (its recipe, ``--resume``), then every
 method's recipe is trained for each seed with ``seed=S`` and its own ``output_dir``; finished
@@ -142,7 +142,7 @@ def _load(recipe: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--families", nargs="+", default=["gfl", "atss"], choices=sorted(FAMILIES))
+    ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=sorted(FAMILIES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--methods", nargs="*", default=None, help="row labels to run, in this order (default: all)")
     ap.add_argument("--runs", default="runs/bench", help="where the runs go")
