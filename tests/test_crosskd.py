@@ -173,10 +173,16 @@ def test_kd_quality_focal_loss_by_hand() -> None:
 
 
 def test_distribution_kl_loss_by_hand() -> None:
-    # teacher softmax [0.75, 0.25], student [0.5, 0.5]: KL = .75 ln 1.5 + .25 ln .5, averaged over 2 bins.
+    # teacher softmax [0.75, 0.25], student [0.5, 0.5]: KL = .75 ln 1.5 + .25 ln .5, summed over the 2 bins
+    # (the reference's class_reduction='sum'); 'mean' is half of it.
     out = distribution_kl_loss(torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]))
-    assert out.item() == pytest.approx((0.75 * math.log(1.5) + 0.25 * math.log(0.5)) / 2, rel=1e-5)
-    assert out.item() == pytest.approx(0.065406, rel=1e-4)
+    assert out.item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5), rel=1e-5)
+    assert out.item() == pytest.approx(0.130812, rel=1e-4)
+    mean = distribution_kl_loss(torch.zeros(1, 2), torch.tensor([[math.log(3.0), 0.0]]), bin_reduction="mean")
+    assert mean.item() == pytest.approx(0.065406, rel=1e-4)
+    # 17 bins (GFL's reg_max 16): the sum is 17 times the mean.
+    s, t = torch.randn(5, 17), torch.randn(5, 17)
+    assert torch.allclose(distribution_kl_loss(s, t), 17 * distribution_kl_loss(s, t, bin_reduction="mean"))
     assert distribution_kl_loss(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[1.0, 2.0, 3.0]])).item() == pytest.approx(0, abs=1e-7)
 
 
@@ -212,9 +218,9 @@ def test_gfl_kd_normalisers_by_hand() -> None:
     t, p = sig(0.0), sig(0.5)
     qfl = -(t * math.log(p) + (1 - t) * math.log(1 - p)) * abs(p - t)
     assert losses["loss_kd_cls"].item() == pytest.approx(qfl / 2.0, rel=1e-5)  # weight 1, / num_pos
-    kl = (0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)) / 2  # KL(teacher||student), mean of 2 bins
+    kl = 0.5 * math.log(0.5 / 0.75) + 0.5 * math.log(0.5 / 0.25)  # KL(teacher||student), summed over the 2 bins
     w0, w1 = sig(1.0), sig(-2.0)
-    expected = 4.0 * (w0 * kl / 4 + w1 * kl / 4) / (w0 + w1)  # weight 4, sides averaged, / sum of weights
+    expected = 4.0 * (w0 * kl / 4 + w1 * kl / 4) / (w0 + w1)  # weight 4, sides summed / 4, / sum of weights
     assert losses["loss_kd_reg"].item() == pytest.approx(expected, rel=1e-5)
 
 

@@ -1,6 +1,7 @@
-"""CrossKD: cross-head knowledge distillation (METHODS.md §1) for GFL, ATSS, RetinaNet and FCOS.
+"""CrossKD: cross-head knowledge distillation (docs/crosskd.md) for GFL, ATSS, RetinaNet and FCOS.
 
-The student's head feature after tower layer ``layer`` (pre-activation) is aligned to the
+The student's head feature after tower layer ``layer`` (after that layer's ReLU, as the
+reference code computes it; ``tap='pre_relu'`` for the reading of its text) is aligned to the
 teacher's per-channel statistics and run through the *frozen teacher's* remaining tower
 layers and predictors; the KD losses compare that cross-head prediction with the teacher's
 own prediction, so the student's later head layers see only detection losses.
@@ -12,8 +13,9 @@ One code path, four modes (``mode=``), so the baselines differ from CrossKD by o
 * ``'pkd'``          the PKD feature loss on the FPN levels only;
 * ``'crosskd+pkd'``  and ``'mimic+pkd'``: both terms.
 
-Normalisers follow the reference implementation (METHODS.md §1, "Reference implementation
-facts"); where it is silent or inconsistent the choice is documented at the loss.
+Weights, reductions and normalisers follow the reference implementation's code
+(docs/crosskd.md, "What the reference code does"); where it is silent the choice is documented
+at the loss.
 """
 from __future__ import annotations
 
@@ -28,7 +30,6 @@ from ..assigners import IGNORE
 from ..atss import ATSSHead
 from ..dense_head import DenseHead, LevelOutputs
 from ..detector import check_targets
-from ..dist import reduce_mean
 from ..fcos import FCOSHead, centerness_target
 from ..gfl import GFLHead
 from ..losses import giou_loss, iou_loss
@@ -45,7 +46,7 @@ __all__ = [
     "pkd_loss",
 ]
 
-#: Reference defaults per head family (METHODS.md §1): tower layer index, loss weights.
+#: Reference defaults per head family (docs/crosskd.md): tower layer index, loss weights.
 FAMILY_DEFAULTS: dict[type[DenseHead], dict[str, float]] = {
     GFLHead: dict(layer=3, cls=1.0, reg=4.0, centerness=0.0, pkd=6.0),
     RetinaHead: dict(layer=3, cls=1.0, reg=1.0, centerness=0.0, pkd=2.0),
@@ -53,6 +54,9 @@ FAMILY_DEFAULTS: dict[type[DenseHead], dict[str, float]] = {
     FCOSHead: dict(layer=2, cls=0.4, reg=0.75, centerness=0.0, pkd=2.0),
 }
 MODES = ("crosskd", "mimic", "pkd", "crosskd+pkd", "mimic+pkd")
+#: Where the tower feature is tapped: after the layer's ReLU (what the reference computes, its
+#: in-place ReLU overwriting the held tensor) or before it (what the reference's code reads as).
+TAPS = ("post_relu", "pre_relu")
 BRANCHES = ("cls", "reg")
 
 
@@ -71,7 +75,7 @@ def _standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 
 def align_statistics(student_feat: torch.Tensor, teacher_feat: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """METHODS.md §1 "Alignment": standardise the student feature per channel over (N, H, W) and
+    """docs/crosskd.md, "Alignment": standardise the student feature per channel over (N, H, W) and
     rescale it to the teacher's per-channel mean/std at the same tower position (no parameters)."""
     if student_feat.shape[1] != teacher_feat.shape[1]:
         raise ValueError(f"student feature has {student_feat.shape[1]} channels, teacher feature "
@@ -88,18 +92,23 @@ def kd_quality_focal_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, be
     return bce * (logits.sigmoid() - target).abs().pow(beta)
 
 
-def distribution_kl_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def distribution_kl_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0,
+                         bin_reduction: str = "sum") -> torch.Tensor:
     """KL(teacher || student) between softmax distributions over the last dim, per row [K].
 
-    Like the reference's ``KnowledgeDistillationKLDivLoss`` (class_reduction='mean') the
-    per-bin terms are *averaged* over the bins and scaled by T^2."""
+    The per-bin terms are *summed* over the bins (every CrossKD GFL config sets
+    ``KnowledgeDistillationKLDivLoss(class_reduction='sum')``; ``bin_reduction='mean'`` gives
+    1/bins of it) and scaled by T^2."""
+    if bin_reduction not in ("sum", "mean"):
+        raise ValueError(f"bin_reduction must be 'sum' or 'mean', got {bin_reduction!r}")
     target = F.softmax(teacher_logits.detach() / temperature, -1)
     kl = F.kl_div(F.log_softmax(logits / temperature, -1), target, reduction="none")
-    return kl.mean(-1) * temperature ** 2
+    kl = kl.sum(-1) if bin_reduction == "sum" else kl.mean(-1)
+    return kl * temperature ** 2
 
 
 def pkd_loss(feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
-    """PKD (METHODS.md §1, "+PKD"): both maps normalised per channel over (N, H, W), then MSE / 2."""
+    """PKD (docs/crosskd.md, "+PKD"): both maps normalised per channel over (N, H, W), then MSE / 2."""
     return F.mse_loss(_standardise(feat), _standardise(teacher_feat.detach())) / 2
 
 
@@ -109,16 +118,19 @@ class StudentAssignment:
     """What the KD normalisers need from the student's label assignment."""
 
     positive: torch.Tensor  # [N, P] bool
-    valid: torch.Tensor  # [N, P] bool; False where the assigner ignores the prior (RetinaNet IoU 0.4..0.5)
-    num_pos: torch.Tensor  # the detection losses' avg factor: positives, mean over processes, >= 1
+    # [N, P] bool; False where the assigner ignores the prior (RetinaNet IoU 0.4..0.5) or the prior lies
+    # outside the image's own extent (batch padding): MMDetection's label weights
+    valid: torch.Tensor
+    num_pos: torch.Tensor  # the detection losses' avg factor: positives (mean over processes where the head syncs it), >= 1
     centerness_sum: torch.Tensor  # sum of the positives' centerness targets (FCOS's normaliser), >= 1e-6
 
 
-def assign_priors(head: DenseHead, outputs: list[LevelOutputs], targets: list[dict]) -> StudentAssignment:
+def assign_priors(head: DenseHead, outputs: list[LevelOutputs], targets: list[dict],
+                  image_sizes: list[tuple[int, int]] | None = None) -> StudentAssignment:
     """The student's own assignment (``DenseHead.assign``, the one its detection losses use), so the
-    KD losses are averaged over the student's positives as in the reference. ``targets`` are in
-    the resized frame (``DenseDetector.preprocess``)."""
-    assigned = head.assign(outputs, targets)
+    KD losses are averaged over the student's positives as in the reference. ``targets`` and
+    ``image_sizes`` are in the resized frame (``DenseDetector.preprocess``)."""
+    assigned = head.assign(outputs, targets, image_sizes)
     positive = assigned >= 0
     centerness_sum = outputs[0]["cls"].new_zeros(())
     if isinstance(head, FCOSHead):
@@ -130,8 +142,8 @@ def assign_priors(head: DenseHead, outputs: list[LevelOutputs], targets: list[di
     return StudentAssignment(
         positive=positive,
         valid=assigned != IGNORE,
-        num_pos=reduce_mean(positive.sum().float()).clamp(min=1.0),
-        centerness_sum=reduce_mean(centerness_sum.float()).clamp(min=1e-6),
+        num_pos=head.avg_factor(positive.sum(), positive.device),
+        centerness_sum=head.avg_factor(centerness_sum, positive.device, minimum=1e-6),
     )
 
 
@@ -171,11 +183,14 @@ class CrossKD(Distiller):
 
     Args:
         mode: one of ``MODES`` (see the module docstring).
-        layer: tower layer whose pre-activation output feeds the teacher's head (``0``: the FPN
-            feature); defaults 3, and 2 for FCOS.
+        layer: tower layer whose output feeds the teacher's head (``0``: the FPN feature); defaults
+            3, and 2 for FCOS.
+        tap: ``'post_relu'`` (default: the feature after layer ``layer``'s ReLU, student and teacher,
+            the reference's effective behaviour) or ``'pre_relu'`` (after conv + norm, before the ReLU).
         loss_cls_weight, loss_reg_weight, loss_centerness_weight, loss_pkd_weight: ``None``
             takes the family's reference weight (``FAMILY_DEFAULTS``).
         beta: KD-QFL modulation exponent. temperature: GFL distribution KL temperature.
+        kl_bin_reduction: ``'sum'`` (the reference configs) or ``'mean'`` over GFL's 17 bins.
         align: per-channel statistics alignment of the student feature (the reference: on).
 
     Different head widths (or FPN widths when ``layer=0``) are bridged by a learned 1x1 conv
@@ -186,7 +201,8 @@ class CrossKD(Distiller):
     def __init__(self, student: nn.Module, teacher: nn.Module, *, mode: str = "crosskd", layer: int | None = None,
                  loss_cls_weight: float | None = None, loss_reg_weight: float | None = None,
                  loss_centerness_weight: float | None = None, loss_pkd_weight: float | None = None,
-                 beta: float = 1.0, temperature: float = 1.0, align: bool = True) -> None:
+                 beta: float = 1.0, temperature: float = 1.0, align: bool = True, tap: str = "post_relu",
+                 kl_bin_reduction: str = "sum") -> None:
         super().__init__(student, teacher)
         s_head, t_head = check_pair(student, teacher)
         if mode not in MODES:
@@ -204,6 +220,11 @@ class CrossKD(Distiller):
         self.loss_weights = {k: float(defaults[k] if v is None else v) for k, v in given.items()}
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if tap not in TAPS:
+            raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
+        if kl_bin_reduction not in ("sum", "mean"):
+            raise ValueError(f"kl_bin_reduction must be 'sum' or 'mean', got {kl_bin_reduction!r}")
+        self.tap, self.kl_bin_reduction = tap, kl_bin_reduction
         self.beta, self.temperature, self.align = beta, temperature, align
 
         s_ch, t_ch = _head_channels(s_head, self.layer), _head_channels(t_head, self.layer)
@@ -234,7 +255,7 @@ class CrossKD(Distiller):
 
     def prediction_kd_losses(self, preds: list[LevelOutputs], teacher_outputs: list[LevelOutputs],
                              assignment: StudentAssignment) -> dict[str, torch.Tensor]:
-        """The KD losses of METHODS.md §1 between ``preds`` (cross-head or the student's own) and
+        """The KD losses (docs/crosskd.md) between ``preds`` (cross-head or the student's own) and
         the teacher's outputs, taken over every location (no region selection)."""
         head = self.student.bbox_head
         p, t = head.flatten(preds), head.flatten(teacher_outputs)
@@ -250,8 +271,9 @@ class CrossKD(Distiller):
         t_score = t["cls"].detach().amax(-1).sigmoid() * valid
         if isinstance(head, GFLHead):
             bins = head.reg_max + 1
-            kl = distribution_kl_loss(p["reg"].reshape(-1, bins), t["reg"].reshape(-1, bins), self.temperature)
-            # Reference: sum over sides / 4, then divided by the sum of the location weights.
+            kl = distribution_kl_loss(p["reg"].reshape(-1, bins), t["reg"].reshape(-1, bins), self.temperature,
+                                      self.kl_bin_reduction)
+            # Reference: KL summed over the bins, sides summed / 4, divided by the sum of the location weights.
             kl = kl.reshape(*t_score.shape, 4).mean(-1)
             losses["loss_kd_reg"] = w["reg"] * (kl * t_score).sum() / t_score.sum().clamp(min=1e-6)
         else:
@@ -285,18 +307,19 @@ class CrossKD(Distiller):
         check_targets(targets, len(images), student.num_classes)
         batch, targets = student.preprocess(images, targets)
         tap = self.layer if self.cross_head else None
-        # Requirement 4 of the issue: no graph through the teacher's backbone, neck or towers;
-        # only the cross-head path below builds one through its later layers.
+        activated = self.tap == "post_relu"
+        # No graph through the teacher's backbone, neck or towers; only the cross-head path below
+        # builds one through its later layers.
         with torch.no_grad():
             t_feats = teacher.extract_feats(teacher_inputs(batch, student.transform, teacher.transform))
-            t_out = teacher.bbox_head(t_feats, tap=tap)
+            t_out = teacher.bbox_head(t_feats, tap=tap, tap_activated=activated)
         s_feats = student.extract_feats(batch.tensors)
-        s_out = student.bbox_head(s_feats, tap=tap)
+        s_out = student.bbox_head(s_feats, tap=tap, tap_activated=activated)
         if tap is not None:
             (t_out, t_taps), (s_out, s_taps) = t_out, s_out
         losses = dict(student.bbox_head.loss(s_out, targets, batch.image_sizes))
         if self.cross_head or self.mimic:
-            assignment = assign_priors(student.bbox_head, s_out, targets)
+            assignment = assign_priors(student.bbox_head, s_out, targets, batch.image_sizes)
             preds = self.cross_head_predictions(s_taps, t_taps) if self.cross_head else s_out
             losses.update(self.prediction_kd_losses(preds, t_out, assignment))
         if self.pkd:
@@ -304,4 +327,4 @@ class CrossKD(Distiller):
         return losses
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, layer={self.layer}, loss_weights={self.loss_weights}"
+        return f"mode={self.mode!r}, layer={self.layer}, tap={self.tap!r}, loss_weights={self.loss_weights}"
