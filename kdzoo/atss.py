@@ -9,12 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .assigners import ATSSAssigner
+from .assigners import IGNORE, ATSSAssigner
 from .box_ops import DeltaXYWHCoder
 from .builder import build_dense_detector
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
-from .dist import reduce_mean
 from .fcos import centerness_target
 from .layers import Scale
 from .losses import focal_loss, giou_loss, one_hot
@@ -58,9 +57,10 @@ class ATSSHead(DenseHead):
         level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
         priors = torch.cat(level_priors)
         flat = self.flatten(outputs)
-        all_labels, pos_boxes, pos_gt, pos_ctr_pred, pos_ctr_t = [], [], [], [], []
-        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
+        all_labels, all_valid, pos_boxes, pos_gt, pos_ctr_pred, pos_ctr_t = [], [], [], [], [], []
+        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets, image_sizes))):
             pos = assigned >= 0
+            all_valid.append(assigned != IGNORE)
             labels = torch.full_like(assigned, self.num_classes)
             labels[pos] = t["labels"][assigned[pos]]
             all_labels.append(labels)
@@ -70,14 +70,15 @@ class ATSSHead(DenseHead):
             pos_boxes.append(self.coder.decode(priors[pos], flat["reg"][i][pos]))
             pos_gt.append(gt)
             pos_ctr_pred.append(flat["centerness"][i][pos])
-        labels = torch.cat(all_labels)
+        labels, valid = torch.cat(all_labels), torch.cat(all_valid)
         num_pos = int((labels < self.num_classes).sum())
-        avg = reduce_mean(torch.tensor(float(num_pos), device=priors.device)).clamp(min=1.0)
-        loss_cls = focal_loss(flat["cls"].reshape(-1, self.num_classes), one_hot(labels, self.num_classes)).sum() / avg
+        avg = self.avg_factor(num_pos, priors.device)
+        cls_logits = flat["cls"].reshape(-1, self.num_classes)
+        loss_cls = focal_loss(cls_logits[valid], one_hot(labels[valid], self.num_classes)).sum() / avg
         pos_boxes, pos_gt = torch.cat(pos_boxes), torch.cat(pos_gt)
         pos_ctr_pred, ctr_t = torch.cat(pos_ctr_pred), torch.cat(pos_ctr_t)
         if num_pos:
-            ctr_avg = reduce_mean(ctr_t.sum()).clamp(min=1.0)
+            ctr_avg = self.avg_factor(ctr_t.sum(), priors.device)
             loss_bbox = (giou_loss(pos_boxes, pos_gt) * ctr_t).sum() / ctr_avg
             loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr_pred, ctr_t, reduction="sum") / avg
         else:

@@ -5,10 +5,15 @@ predictors, priors, box decoding and losses.
 The tower API is public and small, so distillers never reach into private modules:
 
 * ``forward_tower(x, branch, start, stop, activate_last)`` runs layers ``start..stop-1`` of the
-  ``'cls'`` or ``'reg'`` tower. When ``start > 0`` the input is the *pre-activation* output of
-  layer ``start - 1`` (the ReLU is applied first), so a tower can be split anywhere.
+  ``'cls'`` or ``'reg'`` tower. When ``start > 0`` the input is the output of layer ``start - 1``,
+  before or after its ReLU (the ReLU is applied first, which changes nothing on an activated
+  feature), so a tower can be split anywhere.
 * ``predict_level(cls_feat, reg_feat, level)`` runs the predictors on final tower features.
-* ``forward(feats, tap=i)`` also returns the pre-activation features after layer ``i``.
+* ``forward(feats, tap=i, tap_activated=True)`` also returns the features after layer ``i``, after
+  its ReLU (``tap_activated=False``: before it).
+
+Label assignment skips priors outside each image's own extent (``uses_valid_flags``): they are
+``IGNORE`` in the assignment and carry no weight in any loss, as in MMDetection's anchor heads.
 """
 from __future__ import annotations
 
@@ -19,7 +24,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
+from .assigners import IGNORE
+from .dist import reduce_mean
 from .layers import ConvModule
+from .priors import valid_flags
 
 __all__ = ["DenseHead", "TestCfg", "flatten_levels"]
 
@@ -47,6 +55,12 @@ class DenseHead(nn.Module):
     reg_channels: int = 4
     #: a per-prior quality branch multiplied into the scores at test time (FCOS, ATSS)
     has_centerness: bool = False
+    #: priors over batch padding are excluded from assignment and losses (MMDetection's anchor
+    #: heads; its FCOS head does not use valid flags)
+    uses_valid_flags: bool = True
+    #: the positives count that averages the losses is averaged over processes (ATSS, GFL, FCOS);
+    #: MMDetection's RetinaNet (``AnchorHead``) uses each process's own count
+    sync_avg_factor: bool = True
 
     def __init__(
         self,
@@ -106,16 +120,17 @@ class DenseHead(nn.Module):
     def predict_level(self, cls_feat: torch.Tensor, reg_feat: torch.Tensor, level: int) -> LevelOutputs:
         raise NotImplementedError
 
-    def forward(self, feats: list[torch.Tensor], tap: int | None = None):
-        """Per-level raw outputs; with ``tap=i`` also the pre-activation tower features after ``i``
-        layers (``{'cls': ..., 'reg': ...}`` per level; ``i = 0`` gives the FPN feature)."""
+    def forward(self, feats: list[torch.Tensor], tap: int | None = None, tap_activated: bool = True):
+        """Per-level raw outputs; with ``tap=i`` also the tower features after ``i`` layers
+        (``{'cls': ..., 'reg': ...}`` per level; ``i = 0`` gives the FPN feature), taken after the
+        layer's ReLU (``tap_activated=True``) or before it."""
         outputs, taps = [], []
         for level, x in enumerate(feats):
             if tap is None:
                 cls_feat, reg_feat = self.forward_tower(x, "cls"), self.forward_tower(x, "reg")
             else:
-                cls_mid = self.forward_tower(x, "cls", 0, tap, activate_last=False)
-                reg_mid = self.forward_tower(x, "reg", 0, tap, activate_last=False)
+                cls_mid = self.forward_tower(x, "cls", 0, tap, activate_last=tap_activated)
+                reg_mid = self.forward_tower(x, "reg", 0, tap, activate_last=tap_activated)
                 taps.append({"cls": cls_mid, "reg": reg_mid})
                 cls_feat, reg_feat = self.forward_tower(cls_mid, "cls", tap), self.forward_tower(reg_mid, "reg", tap)
             outputs.append(self.predict_level(cls_feat, reg_feat, level))
@@ -135,11 +150,36 @@ class DenseHead(nn.Module):
         """One image's label assignment: per prior, the index of its GT box, ``NEGATIVE`` or ``IGNORE``."""
         raise NotImplementedError
 
-    def assign(self, outputs: list[LevelOutputs], targets: list[dict]) -> torch.Tensor:
+    def valid_flags(self, level_sizes: list[tuple[int, int]], image_size: tuple[int, int], size_divisor: int = 32,
+                    device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """Per level, the priors over the image's own (``size_divisor``-padded) extent."""
+        return valid_flags(level_sizes, self.strides, self.num_anchors, image_size, size_divisor, device)
+
+    def assign(self, outputs: list[LevelOutputs], targets: list[dict],
+               image_sizes: list[tuple[int, int]] | None = None, size_divisor: int = 32) -> torch.Tensor:
         """The assignment the detection losses use, for every image: ``[N, num_priors]``. Public so
-        distillers average their terms over the same positives (``targets`` in the resized frame)."""
-        level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
-        return torch.stack([self.assign_single(level_priors, t["boxes"]) for t in targets])
+        distillers average their terms over the same positives (``targets`` in the resized frame).
+        With ``image_sizes`` (resized, before batch padding) priors outside an image's extent are
+        left out of the assignment (ATSS candidates included) and marked ``IGNORE``."""
+        sizes = self.level_sizes(outputs)
+        device = outputs[0]["cls"].device
+        level_priors = self.priors(sizes, device)
+        out = []
+        for i, t in enumerate(targets):
+            if image_sizes is None or not self.uses_valid_flags:
+                out.append(self.assign_single(level_priors, t["boxes"]))
+                continue
+            flags = self.valid_flags(sizes, image_sizes[i], size_divisor, device)
+            inside = self.assign_single([p[f] for p, f in zip(level_priors, flags)], t["boxes"])
+            assigned = inside.new_full((sum(len(p) for p in level_priors),), IGNORE)
+            assigned[torch.cat(flags)] = inside
+            out.append(assigned)
+        return torch.stack(out)
+
+    def avg_factor(self, count: torch.Tensor | float, device: torch.device, minimum: float = 1.0) -> torch.Tensor:
+        """A loss normaliser: averaged over processes when ``sync_avg_factor`` (see there), >= ``minimum``."""
+        count = torch.as_tensor(count, dtype=torch.float32, device=device)
+        return (reduce_mean(count) if self.sync_avg_factor else count).clamp(min=minimum)
 
     def prior_strides(self, priors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([p.new_full((len(p),), float(s)) for p, s in zip(priors, self.strides)])
@@ -188,4 +228,5 @@ class DenseHead(nn.Module):
         return results
 
     def loss(self, outputs: list[LevelOutputs], targets: list[dict], image_sizes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Detection losses; ``image_sizes`` are the resized sizes before batch padding (valid flags)."""
         raise NotImplementedError

@@ -26,7 +26,6 @@ The public two-stage API (used by detectors and distillers alike, never private 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,10 +38,9 @@ from .assigners import NEGATIVE, MaxIoUAssigner
 from .backbone import TimmBackbone
 from .box_ops import DeltaXYWHCoder
 from .detector import Detector
-from .dist import reduce_mean
 from .fpn import FPN
 from .pretrained import PretrainedCfg
-from .priors import AnchorGenerator
+from .priors import AnchorGenerator, valid_flags
 from .registry import register_detector
 from .transform import DetectionTransform, ImageBatch
 
@@ -119,17 +117,10 @@ class RPNHead(nn.Module):
         return self.anchor_generator([tuple(o["cls"].shape[-2:]) for o in outputs], outputs[0]["cls"].device)
 
     def valid_flags(self, outputs: list[dict[str, torch.Tensor]], image_size: tuple[int, int], divisor: int = 32) -> torch.Tensor:
-        """Anchors at locations inside the image's own padded extent (MMDetection's ``valid_flags``
-        with ``pad_shape``): anchors over the padding added for batching are never trained."""
-        pad_h, pad_w = (-(-s // divisor) * divisor for s in image_size)
-        flags = []
-        for o, stride in zip(outputs, self.strides):
-            h, w = o["cls"].shape[-2:]
-            device = o["cls"].device
-            vy = torch.arange(h, device=device) < min(math.ceil(pad_h / stride), h)
-            vx = torch.arange(w, device=device) < min(math.ceil(pad_w / stride), w)
-            flags.append((vy[:, None] & vx[None, :]).reshape(-1, 1).expand(-1, self.num_anchors).reshape(-1))
-        return torch.cat(flags)
+        """Anchors at locations inside the image's own padded extent (``kdzoo.priors.valid_flags``):
+        anchors over the padding added for batching are never trained."""
+        sizes = [tuple(o["cls"].shape[-2:]) for o in outputs]
+        return torch.cat(valid_flags(sizes, self.strides, self.num_anchors, image_size, divisor, outputs[0]["cls"].device))
 
     @staticmethod
     def _flat(outputs: list[dict[str, torch.Tensor]], key: str, k: int) -> torch.Tensor:
@@ -151,7 +142,9 @@ class RPNHead(nn.Module):
             target_deltas = self.coder.encode(anchors[pos_a], t["boxes"][assigned[pos]])
             reg_terms.append((reg[i][pos_a].float() - target_deltas).abs().sum())
             num_samples += len(pos_a) + len(neg_a)
-        avg = reduce_mean(anchors.new_tensor(float(num_samples))).clamp(min=1.0)
+        # MMDetection's RPN: the sampled anchors (positives + negatives) of this process's batch, not
+        # averaged across processes (docs/crosskd.md, "Loss normalisers").
+        avg = anchors.new_tensor(float(num_samples)).clamp(min=1.0)
         return {"loss_rpn_cls": self.loss_weights["cls"] * torch.stack(cls_terms).sum() / avg,
                 "loss_rpn_bbox": self.loss_weights["bbox"] * torch.stack(reg_terms).sum() / avg}
 
@@ -330,7 +323,8 @@ class RoIHead(nn.Module):
         return deltas.view(len(deltas), -1, 4)[torch.arange(len(deltas), device=deltas.device), labels]
 
     def loss(self, cls_logits: torch.Tensor, deltas: torch.Tensor, sampled: SampledRoIs) -> dict[str, torch.Tensor]:
-        num = reduce_mean(cls_logits.new_tensor(float(len(sampled.labels)))).clamp(min=1.0)
+        # MMDetection's BBoxHead: every sampled RoI of this process's batch, not averaged across processes.
+        num = cls_logits.new_tensor(float(len(sampled.labels))).clamp(min=1.0)
         loss_cls = F.cross_entropy(cls_logits.float(), sampled.labels, reduction="sum") / num
         pos = sampled.pos_mask
         pos_deltas = self.class_deltas(deltas[pos].float(), sampled.labels[pos])

@@ -14,7 +14,6 @@ from .box_ops import distance2bbox
 from .builder import build_dense_detector
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
-from .dist import reduce_mean
 from .layers import Scale
 from .losses import focal_loss, iou_loss, one_hot
 from .pretrained import PretrainedCfg
@@ -35,6 +34,7 @@ def centerness_target(distances: torch.Tensor) -> torch.Tensor:
 
 class FCOSHead(DenseHead):
     has_centerness = True
+    uses_valid_flags = False  # MMDetection's FCOS assigns every point, padding included
 
     def __init__(self, num_classes: int, *, regress_ranges: tuple[tuple[float, float], ...] | None = None,
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 1.0, loss_centerness_weight: float = 1.0,
@@ -83,13 +83,13 @@ class FCOSHead(DenseHead):
             pos_ctr.append(flat["centerness"][i][pos])
         labels = torch.cat(all_labels)
         num_pos = int((labels < self.num_classes).sum())
-        avg = reduce_mean(torch.tensor(float(num_pos), device=points.device)).clamp(min=1.0)
+        avg = self.avg_factor(num_pos, points.device)
         loss_cls = focal_loss(flat["cls"].reshape(-1, self.num_classes), one_hot(labels, self.num_classes)).sum() / avg
         pos_pred, pos_target = torch.cat(pos_pred), torch.cat(pos_target)
         pos_points, pos_ctr = torch.cat(pos_points), torch.cat(pos_ctr)
         if num_pos:
             ctr_t = centerness_target(pos_target)
-            ctr_avg = reduce_mean(ctr_t.sum().detach()).clamp(min=1e-6)
+            ctr_avg = self.avg_factor(ctr_t.sum().detach(), points.device, minimum=1e-6)
             ious = iou_loss(distance2bbox(pos_points, pos_pred), distance2bbox(pos_points, pos_target))
             loss_bbox = (ious * ctr_t).sum() / ctr_avg
             loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr, ctr_t, reduction="sum") / avg

@@ -9,12 +9,11 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .assigners import ATSSAssigner
+from .assigners import IGNORE, ATSSAssigner
 from .box_ops import Integral, aligned_iou, bbox2distance, distance2bbox
 from .builder import build_dense_detector
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
-from .dist import reduce_mean
 from .layers import Scale
 from .losses import distribution_focal_loss, giou_loss, quality_focal_loss
 from .priors import AnchorGenerator, anchor_centers
@@ -58,9 +57,10 @@ class GFLHead(DenseHead):
         priors = torch.cat(level_priors)
         strides = self.prior_strides(level_priors)
         flat = self.flatten(outputs)
-        all_labels, all_scores, pos_terms = [], [], []
-        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
+        all_labels, all_scores, all_valid, pos_terms = [], [], [], []
+        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets, image_sizes))):
             pos = assigned >= 0
+            all_valid.append(assigned != IGNORE)
             labels = torch.full_like(assigned, self.num_classes)
             labels[pos] = t["labels"][assigned[pos]]
             # Everything below is in units of the prior's stride, as in MMDetection.
@@ -74,14 +74,16 @@ class GFLHead(DenseHead):
             weight = flat["cls"][i][pos].detach().sigmoid().amax(1)
             all_labels.append(labels)
             all_scores.append(scores)
+            # MMDetection's DistancePointBBoxCoder.encode clamps DFL targets to reg_max - 0.1.
             pos_terms.append((pred_boxes, gt, reg, bbox2distance(centers, gt, self.reg_max), weight))
-        labels, scores = torch.cat(all_labels), torch.cat(all_scores)
+        labels, scores, valid = torch.cat(all_labels), torch.cat(all_scores), torch.cat(all_valid)
         num_pos = int((labels < self.num_classes).sum())
-        avg = reduce_mean(torch.tensor(float(num_pos), device=priors.device)).clamp(min=1.0)
-        loss_cls = quality_focal_loss(flat["cls"].reshape(-1, self.num_classes), labels, scores, self.qfl_beta).sum() / avg
+        avg = self.avg_factor(num_pos, priors.device)
+        qfl = quality_focal_loss(flat["cls"].reshape(-1, self.num_classes), labels, scores, self.qfl_beta)
+        loss_cls = (qfl * valid).sum() / avg
         pred_boxes, gt, reg, dist_t, weight = (torch.cat(x) for x in zip(*pos_terms))
         if num_pos:
-            w_avg = reduce_mean(weight.sum()).clamp(min=1.0)
+            w_avg = self.avg_factor(weight.sum(), priors.device)
             loss_bbox = (giou_loss(pred_boxes, gt) * weight).sum() / w_avg
             dfl = distribution_focal_loss(reg.reshape(-1, self.reg_max + 1), dist_t.reshape(-1))
             loss_dfl = (dfl * weight[:, None].expand(-1, 4).reshape(-1)).sum() / 4.0 / w_avg

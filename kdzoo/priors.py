@@ -1,9 +1,11 @@
 """Anchor and point priors laid out as MMDetection lays them (location-major, anchor-minor)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
-__all__ = ["AnchorGenerator", "PointGenerator", "anchor_centers"]
+__all__ = ["AnchorGenerator", "PointGenerator", "anchor_centers", "valid_flags"]
 
 
 class AnchorGenerator:
@@ -65,3 +67,19 @@ class PointGenerator:
 
 def anchor_centers(anchors: torch.Tensor) -> torch.Tensor:
     return (anchors[:, :2] + anchors[:, 2:]) * 0.5
+
+
+def valid_flags(level_sizes: list[tuple[int, int]], strides: tuple[int, ...], num_anchors: int,
+                image_size: tuple[int, int], size_divisor: int = 32,
+                device: torch.device | str = "cpu") -> list[torch.Tensor]:
+    """Per level, which priors lie over the image's own extent: MMDetection's ``valid_flags`` with
+    the image's ``pad_shape`` (its resized size rounded up to ``size_divisor``). Priors over the
+    padding a batch of mixed sizes adds carry no weight in assignment or in any loss
+    (docs/crosskd.md, "Padded priors")."""
+    pad_h, pad_w = (-(-s // size_divisor) * size_divisor for s in image_size)
+    flags = []
+    for (h, w), stride in zip(level_sizes, strides):
+        vy = torch.arange(h, device=device) < min(math.ceil(pad_h / stride), h)
+        vx = torch.arange(w, device=device) < min(math.ceil(pad_w / stride), w)
+        flags.append((vy[:, None] & vx[None, :]).reshape(-1, 1).expand(-1, num_anchors).reshape(-1))
+    return flags

@@ -12,7 +12,6 @@ from .box_ops import DeltaXYWHCoder
 from .builder import build_dense_detector
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
-from .dist import reduce_mean
 from .losses import focal_loss, one_hot
 from .priors import AnchorGenerator
 from .registry import register_detector
@@ -21,6 +20,8 @@ __all__ = ["RetinaHead"]
 
 
 class RetinaHead(DenseHead):
+    sync_avg_factor = False  # MMDetection's AnchorHead: each process averages by its own positives
+
     def __init__(self, num_classes: int, *, loss_cls_weight: float = 1.0, loss_bbox_weight: float = 1.0, **kwargs: Any) -> None:
         self.anchor_generator = AnchorGenerator(kwargs.get("strides", (8, 16, 32, 64, 128)), ratios=(0.5, 1.0, 2.0),
                                                 octave_base_scale=4, scales_per_octave=3)
@@ -50,7 +51,7 @@ class RetinaHead(DenseHead):
         priors = torch.cat(self.priors(self.level_sizes(outputs), outputs[0]["cls"].device))
         flat = self.flatten(outputs)
         cls_terms, reg_terms, num_pos = [], [], 0
-        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
+        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets, image_sizes))):
             pos = assigned >= 0
             labels = torch.full_like(assigned, self.num_classes)
             labels[pos] = t["labels"][assigned[pos]]
@@ -59,7 +60,7 @@ class RetinaHead(DenseHead):
             target_deltas = self.coder.encode(priors[pos], t["boxes"][assigned[pos]])
             reg_terms.append((flat["reg"][i][pos] - target_deltas).abs().sum())
             num_pos += int(pos.sum())
-        avg = reduce_mean(torch.tensor(float(num_pos), device=priors.device)).clamp(min=1.0)
+        avg = self.avg_factor(num_pos, priors.device)
         return {
             "loss_cls": self.loss_weights["cls"] * torch.stack(cls_terms).sum() / avg,
             "loss_bbox": self.loss_weights["bbox"] * torch.stack(reg_terms).sum() / avg,
@@ -107,8 +108,12 @@ def retinanet_convnext_t(pretrained: bool = False, **kwargs: Any) -> DenseDetect
 
 @register_detector
 def retinanet_swin_t(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
-    """RetinaNet, Swin-T FPN: the teacher of CrossKD's heterogeneous Swin-T -> R50 setting."""
+    """RetinaNet, Swin-T FPN: the teacher of CrossKD's heterogeneous Swin-T -> R50 setting
+    (MMDetection ``retinanet_swin-t-p4-w7_fpn_1x_coco``, the same computation for any input size)."""
     kwargs.setdefault("norm_eval", False)
-    # Windows are padded per input, so detection-sized images of any shape work.
-    kwargs.setdefault("backbone_kwargs", {"strict_img_size": False})
+    kwargs.setdefault("frozen_stages", -1)  # MMDetection's SwinTransformer default: nothing frozen
+    # MMDetection's Swin: output LayerNorms norm1..norm3, windows padded before the shift with the
+    # masks built per input, window 7 and shift 3 in every stage; drop path 0.2 as in its config.
+    kwargs["backbone_kwargs"] = {"out_norms": True, "mmdet_windows": True, "drop_path_rate": 0.2,
+                                 **(kwargs.get("backbone_kwargs") or {})}
     return _create("swin_tiny_patch4_window7_224", pretrained=pretrained, **kwargs)

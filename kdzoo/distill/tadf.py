@@ -297,7 +297,7 @@ class TADF(Distiller):
         priors = torch.cat(head.priors(head.level_sizes(outputs), feats[0].device))
         flat, t_flat = head.flatten(outputs), head.flatten(t_outputs)
         cls, t_cls, reg, t_reg, labels, gt, pri = [], [], [], [], [], [], []
-        for i, (t, assigned) in enumerate(zip(targets, head.assign(outputs, targets))):
+        for i, (t, assigned) in enumerate(zip(targets, head.assign(outputs, targets, image_sizes))):
             pos = assigned >= 0
             for store, value in ((cls, flat["cls"][i][pos]), (t_cls, t_flat["cls"][i][pos]), (reg, flat["reg"][i][pos]),
                                  (t_reg, t_flat["reg"][i][pos]), (labels, t["labels"][assigned[pos]]),
