@@ -50,8 +50,9 @@ def distance2bbox(points: torch.Tensor, distance: torch.Tensor, max_shape: tuple
     return clip_boxes(boxes, max_shape) if max_shape is not None else boxes
 
 
-def bbox2distance(points: torch.Tensor, boxes: torch.Tensor, max_dis: float | None = None, eps: float = 0.01) -> torch.Tensor:
-    """xyxy boxes -> (l, t, r, b) distances from points, clamped to ``max_dis - eps`` (GFL's DFL targets)."""
+def bbox2distance(points: torch.Tensor, boxes: torch.Tensor, max_dis: float | None = None, eps: float = 0.1) -> torch.Tensor:
+    """xyxy boxes -> (l, t, r, b) distances from points, clamped to ``max_dis - eps``: GFL's DFL targets,
+    ``reg_max - 0.1`` as MMDetection's ``DistancePointBBoxCoder.encode``."""
     d = torch.cat([points - boxes[..., :2], boxes[..., 2:] - points], -1)
     return d.clamp(0, max_dis - eps) if max_dis is not None else d
 
