@@ -7,7 +7,7 @@ method's recipe is trained for each seed with ``seed=S`` and its own ``output_di
 runs are reused, so the script can be stopped and restarted. Rows:
 
 * CrossKD families (recipes/shapes/{family}_*.yaml): teacher, student baseline, prediction
-  mimicking, PKD, CrossKD, CrossKD+PKD;
+  mimicking, PKD, CrossKD, CrossKD+PKD, and CrossKD with the pre-ReLU tap (the ablation);
 * ``faster_rcnn`` (TADF, recipes/shapes/faster_rcnn_{teacher,student,tadf}.yaml):
   teacher, student baseline, each TADF term alone, all terms with and without decay, and all
   terms without the teacher-wins rule (every positive region distilled).
@@ -48,6 +48,9 @@ def crosskd_rows(family: str) -> list[Row]:
         Row("PKD (features)", r + "pkd.yaml"),
         Row("CrossKD", r + "crosskd.yaml"),
         Row("CrossKD+PKD", r + "crosskd_pkd.yaml"),
+        # The tap ablation (docs/crosskd.md): the feature before the layer's ReLU, as the reference's
+        # code reads, instead of after it, as the reference computes.
+        Row("CrossKD, pre-ReLU tap", r + "crosskd.yaml", ["distill.options.tap=pre_relu"]),
     ]
 
 
