@@ -159,6 +159,52 @@ def test_cross_head_equals_teacher_when_student_is_a_copy(family: str) -> None:
         assert losses["loss_kd_centerness"].item() == pytest.approx(entropy.item(), rel=1e-4)
 
 
+@pytest.mark.parametrize("tap", ["post_relu", "pre_relu"])
+def test_cross_head_invariant_under_both_taps(tap: str) -> None:
+    teacher = small("gfl_r18", 3)
+    distiller = build_distiller("crosskd", copy.deepcopy(teacher), teacher, tap=tap).eval()
+    x = distiller.student.preprocess(batch()[0])[0].tensors
+    activated = tap == "post_relu"
+    with torch.no_grad():
+        _, s_taps = distiller.student.bbox_head(distiller.student.extract_feats(x), tap=3, tap_activated=activated)
+        t_out, t_taps = teacher.bbox_head(teacher.extract_feats(x), tap=3, tap_activated=activated)
+        cross = distiller.cross_head_predictions(s_taps, t_taps)
+    assert ((s_taps[0]["cls"] >= 0).all()) == activated  # after the ReLU: no negative values
+    for c, t in zip(cross, t_out):
+        for k in t:
+            assert torch.allclose(c[k], t[k], rtol=1e-4, atol=1e-4), (tap, k)
+
+
+def test_default_tap_is_after_the_relu_as_the_reference_computes() -> None:
+    """The reference holds the feature before ``conv.activate`` but mmcv's ReLU is in place, so the
+    held tensor (student and teacher) is the activated one: alignment sees non-negative features and
+    the student's gradient is masked by the ReLU. kdzoo's default reproduces that; the pre-ReLU tap
+    gives another cross-head prediction."""
+    student, teacher = small("gfl_r18", 0), small("gfl_r18", 1)
+    post = build_distiller("crosskd", student, teacher)
+    pre = build_distiller("crosskd", copy.deepcopy(student), teacher, tap="pre_relu")
+    assert post.tap == "post_relu" and "tap='post_relu'" in repr(post)
+    x = student.preprocess(batch()[0])[0].tensors
+    with torch.no_grad():
+        feats, t_feats = student.extract_feats(x), teacher.extract_feats(x)
+        _, t_post = teacher.bbox_head(t_feats, tap=3)
+        _, t_pre = teacher.bbox_head(t_feats, tap=3, tap_activated=False)
+        _, s_post = student.bbox_head(feats, tap=3)
+        _, s_pre = student.bbox_head(feats, tap=3, tap_activated=False)
+        # What the reference computes, written out: hold = conv+norm output; ReLU in place on it.
+        head = student.bbox_head
+        held = feats[0]
+        for conv in head.cls_convs[:3]:
+            held = conv(held, activate=False)
+            held = torch.relu_(held)
+        assert torch.equal(s_post[0]["cls"], held)
+        a = post.cross_head_predictions(s_post, t_post)[0]["cls"]
+        b = pre.cross_head_predictions(s_pre, t_pre)[0]["cls"]
+    assert not torch.allclose(a, b, atol=1e-3)
+    with pytest.raises(ValueError, match="tap must be one of"):
+        build_distiller("crosskd", copy.deepcopy(student), teacher, tap="before")
+
+
 # ------------------------------------------------------------------------- hand-computed losses
 def test_kd_quality_focal_loss_by_hand() -> None:
     logits, teacher = torch.tensor([[0.0, 2.0]]), torch.tensor([[0.0, -1.0]])

@@ -109,10 +109,16 @@ def test_tower_can_be_split_anywhere(name):
             for a, b in zip(plain, split):
                 for k in a:
                     assert torch.allclose(a[k], b[k], atol=1e-5), (name, tap, k)
-        _, taps = m.bbox_head(feats, tap=1)
-        # the tap is the pre-activation output of layer 0: it has negative values
+            split_pre, _ = m.bbox_head(feats, tap=tap, tap_activated=False)
+            for a, b in zip(plain, split_pre):
+                for k in a:
+                    assert torch.allclose(a[k], b[k], atol=1e-5), (name, tap, k)
         pre = m.bbox_head.forward_tower(feats[0], "cls", 0, 1, activate_last=False)
-        assert torch.equal(pre, taps[0]["cls"]) and (pre < 0).any()
+        # by default the tap is the output of layer 0 after its ReLU; tap_activated=False: before it
+        _, taps = m.bbox_head(feats, tap=1)
+        assert torch.equal(taps[0]["cls"], pre.clamp(min=0)) and (pre < 0).any()
+        _, taps = m.bbox_head(feats, tap=1, tap_activated=False)
+        assert torch.equal(pre, taps[0]["cls"])
     with pytest.raises(ValueError, match="0 <= start <= stop"):
         m.bbox_head.forward_tower(feats[0], "cls", 3, 5)
     with pytest.raises(ValueError, match="branch"):
