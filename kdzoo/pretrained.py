@@ -1,7 +1,20 @@
-"""Weight sources as data (timm's ``PretrainedCfg``), and loading them into a detector."""
+"""Weight sources as data (timm's ``PretrainedCfg``), and loading them into a detector.
+
+Sources are tried in this order: an in-memory ``state_dict``, a local ``file``, a Hugging Face
+Hub repo (``hf_hub_id``), a ``url`` (torch.hub's download and cache, sha256-prefix checked) and
+a Google Drive file id (``gdrive_id``, for releases that exist only on Drive, such as the CrossKD
+students). A Drive file is fetched once with `gdown <https://github.com/wkentaro/gdown>`_ (the
+optional ``kdzoo[gdrive]`` extra, which handles Drive's virus-scan confirmation page) into
+``torch.hub.get_dir()/checkpoints/<gdrive_filename>``, the cache URL weights use, and read from
+there on every later call without network. With ``HF_HUB_OFFLINE=1`` nothing is downloaded.
+"""
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -9,7 +22,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["PretrainedCfg", "load_pretrained", "load_state_dict_checked", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["PretrainedCfg", "load_pretrained", "load_state_dict_checked", "gdrive_cache_path", "gdrive_url",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 # MMDetection's pixel statistics (0..255 scale), used by its pytorch-style ResNet configs.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -22,13 +36,17 @@ class PretrainedCfg:
 
     architecture: str = ""
     tag: str = ""
-    # Weight sources, tried in timm's order: state_dict, file, hf_hub_id, url.
+    # Weight sources, tried in timm's order (state_dict, file, hf_hub_id, url), then gdrive_id.
     state_dict: dict[str, Any] | None = field(default=None, repr=False, compare=False)
     file: str | None = None
     hf_hub_id: str | None = None
     hf_hub_filename: str = "model.safetensors"
     url: str | None = None
     url_hash: str | None = None  # sha256 prefix checked by torch.hub's download
+    # A Google Drive file id, downloaded once (with gdown, the ``kdzoo[gdrive]`` extra) into the torch hub
+    # cache as ``gdrive_filename`` (a plain file name; default ``<architecture>.<tag>.pth``).
+    gdrive_id: str | None = None
+    gdrive_filename: str | None = None
     # Converts a foreign checkpoint (MMDetection layout) into kdzoo's; dotted path "module:function".
     filter_fn: str | None = None
     # Pre-processing and label space.
@@ -53,7 +71,7 @@ class PretrainedCfg:
 
     @property
     def has_weights(self) -> bool:
-        return any((self.state_dict is not None, self.file, self.hf_hub_id, self.url))
+        return any((self.state_dict is not None, self.file, self.hf_hub_id, self.url, self.gdrive_id))
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -72,11 +90,29 @@ def _resolve_filter(path: str | None) -> Callable[[dict, nn.Module], dict] | Non
     return getattr(importlib.import_module(mod), fn)
 
 
+_MMDET_FILTER = "kdzoo.convert:mmdet_to_kdzoo"
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+
+
+def _read_foreign_file(path: str | Path, cfg: PretrainedCfg) -> dict[str, torch.Tensor]:
+    """A file in MMDetection's layout is read like MMEngine wrote it (weights only, its pickled
+    logging objects as inert placeholders); anything else with :func:`read_weights_file`."""
+    path = Path(path)
+    if cfg.filter_fn == _MMDET_FILTER and path.suffix != ".safetensors" and path.is_file():
+        with open(path, "rb") as f:
+            zipped = f.read(4) == _ZIP_MAGIC
+        if zipped:
+            from .convert import read_mmdet_checkpoint
+
+            return read_mmdet_checkpoint(path)
+    return read_weights_file(path)
+
+
 def _read_checkpoint(cfg: PretrainedCfg) -> dict[str, torch.Tensor]:
     if cfg.state_dict is not None:
         return cfg.state_dict
     if cfg.file:
-        return read_weights_file(cfg.file)
+        return _read_foreign_file(cfg.file, cfg)
     if cfg.hf_hub_id:
         from huggingface_hub import hf_hub_download
 
@@ -85,11 +121,118 @@ def _read_checkpoint(cfg: PretrainedCfg) -> dict[str, torch.Tensor]:
         return torch.hub.load_state_dict_from_url(
             cfg.url, map_location="cpu", check_hash=bool(cfg.url_hash), weights_only=True
         )
+    if cfg.gdrive_id:
+        path = _download_gdrive(cfg)
+        try:
+            if path.suffix == ".safetensors":
+                return read_weights_file(path)
+            from .convert import read_mmdet_checkpoint  # MMEngine's metadata objects read as inert placeholders
+
+            return read_mmdet_checkpoint(path)
+        except (ValueError, OSError) as e:
+            raise ValueError(f"the cached download {str(path)!r} of {_display_name(cfg)} could not be read ({e}); "
+                             "delete it to download it again") from e
     raise RuntimeError(
         f"No pretrained weights are configured for {cfg.architecture}.{cfg.tag or '(default)'}; "
         f"pick a tag from kdzoo.list_detectors('{cfg.architecture}*', pretrained=True) or pass "
         "pretrained_cfg_overlay=dict(file='path/to/weights')."
     )
+
+
+# ------------------------------------------------------------------------------ Google Drive
+GDRIVE_URL = "https://drive.google.com"  # where Drive-hosted files live (gdown talks to Drive's own hosts)
+
+
+def gdrive_url(file_id: str) -> str:
+    """The Drive page of a file: open it in a browser to download the file by hand."""
+    return f"{GDRIVE_URL}/file/d/{file_id}/view"
+
+
+def _display_name(cfg: PretrainedCfg) -> str:
+    return f"{cfg.architecture}.{cfg.tag}" if cfg.tag else (cfg.architecture or "(unnamed model)")
+
+
+def gdrive_cache_path(cfg: PretrainedCfg) -> Path:
+    """Where the Drive file of ``cfg`` is cached: ``torch.hub.get_dir()/checkpoints/<gdrive_filename>``."""
+    name = cfg.gdrive_filename or f"{_display_name(cfg)}.pth"
+    if name != Path(name).name or name in (".", "..") or "\\" in name:
+        raise ValueError(f"gdrive_filename must be a plain file name, got {name!r}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _gdrive_help(cfg: PretrainedCfg, path: Path) -> str:
+    """The part of every Drive error that says where the file is and how to do without the download."""
+    name = _display_name(cfg)
+    return (f"\n  model:      {name}"
+            f"\n  Drive file: {gdrive_url(cfg.gdrive_id)} (open it in a browser to download it by hand)"
+            f"\n  cache path: {path} (a copy placed there is used as is)"
+            f"\n  local copy: kdzoo.create_detector({name!r}, pretrained=True, "
+            "pretrained_cfg_overlay=dict(file=PATH))")
+
+
+def _html_title(head: bytes) -> str | None:
+    """The title of an HTML page (Drive's quota, sign-in or virus-scan pages), or None if ``head`` is not HTML."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if not (text.startswith((b"<!doctype html", b"<html", b"<head", b"<meta", b"<!--")) or b"<html" in text[:512]):
+        return None
+    m = re.search(rb"<title[^>]*>(.*?)</title>", head, re.IGNORECASE | re.DOTALL)
+    return m.group(1).decode("utf-8", "replace").strip() if m else ""
+
+
+def _check_downloaded(tmp: Path, cfg: PretrainedCfg, path: Path) -> None:
+    with open(tmp, "rb") as f:
+        head = f.read(4096)
+    title = _html_title(head)
+    if title is not None:
+        raise ValueError(
+            f"Google Drive answered an HTML page{f' ({title!r})' if title else ''} instead of the checkpoint of "
+            f"{_display_name(cfg)}: the file may be over its download quota ('too many users have viewed or "
+            "downloaded this file recently') or no longer shared; the page was discarded. Try again later or "
+            "download it by hand." + _gdrive_help(cfg, path))
+    if path.suffix != ".safetensors" and head[:4] != _ZIP_MAGIC:
+        raise ValueError(f"the file downloaded from Google Drive for {_display_name(cfg)} is not a torch "
+                         f"checkpoint ({len(head)}+ bytes starting {head[:16]!r}); it was discarded."
+                         + _gdrive_help(cfg, path))
+
+
+def _download_gdrive(cfg: PretrainedCfg) -> Path:
+    """The cached Drive file of ``cfg``, downloaded first if it is not cached yet.
+
+    The download goes to a temporary folder next to the cache path and is moved into place with
+    ``os.replace`` only once it looks like a checkpoint, so an interrupted or refused download never
+    leaves a file under the final name.
+    """
+    path = gdrive_cache_path(cfg)
+    if path.is_file():
+        return path
+    name = _display_name(cfg)
+    if _offline():
+        raise ConnectionError(f"{name} is not cached and HF_HUB_OFFLINE is set, so it is not downloaded from "
+                              "Google Drive." + _gdrive_help(cfg, path))
+    try:
+        import gdown
+    except ImportError as e:
+        raise ImportError(f"downloading {name} from Google Drive needs gdown: pip install 'kdzoo[gdrive]' "
+                          "(or pip install gdown)." + _gdrive_help(cfg, path)) from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".download"))
+    try:
+        tmp = tmp_dir / path.name
+        try:
+            gdown.download(id=cfg.gdrive_id, output=str(tmp), quiet=False)
+        except Exception as e:  # gdown's FileURLRetrievalError / DownloadError, requests' network errors
+            raise ConnectionError(f"downloading {name} from Google Drive failed: {e}" + _gdrive_help(cfg, path)) from e
+        if not tmp.is_file():
+            raise ConnectionError(f"gdown reported success but wrote no file for {name}." + _gdrive_help(cfg, path))
+        _check_downloaded(tmp, cfg, path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return path
 
 
 def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
