@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from .backbone import TimmBackbone
+from .backbone_weights import create_backbone
 from .dense_head import DenseHead, TestCfg
 from .detector import DenseDetector
 from .fpn import FPN
@@ -23,7 +23,7 @@ def build_dense_detector(
     pretrained_cfg: PretrainedCfg | None = None,
     pretrained: bool = False,
     num_classes: int | None = None,
-    backbone_pretrained: bool = False,
+    backbone_pretrained: bool | str = False,
     backbone_kwargs: dict[str, Any] | None = None,
     frozen_stages: int = 1,
     norm_eval: bool = True,
@@ -43,11 +43,13 @@ def build_dense_detector(
     **head_kwargs: Any,
 ) -> DenseDetector:
     """Keyword arguments mirror MMDetection's config fields (``frozen_stages``, ``norm_eval``,
-    ``add_extra_convs``, ``stacked_convs``, ``feat_channels``, test-time ``nms_pre`` ...)."""
+    ``add_extra_convs``, ``stacked_convs``, ``feat_channels``, test-time ``nms_pre`` ...).
+    ``backbone_pretrained``: ``True``, a timm tag (``'tv_in1k'``), an ``open-mmlab://`` name, a URL or
+    a file (``kdzoo.backbone_weights``); ignored when the detector's own weights are loaded."""
     cfg = pretrained_cfg or PretrainedCfg()
     num_classes = cfg.num_classes if num_classes is None else num_classes
-    body = TimmBackbone(backbone, pretrained=backbone_pretrained and not pretrained, frozen_stages=frozen_stages,
-                        norm_eval=norm_eval, freeze_norm=freeze_norm, style=style, **(backbone_kwargs or {}))
+    body = create_backbone(backbone, weights=False if pretrained else backbone_pretrained, frozen_stages=frozen_stages,
+                           norm_eval=norm_eval, freeze_norm=freeze_norm, style=style, **(backbone_kwargs or {}))
     strides = tuple(body.strides) + tuple(body.strides[-1] * 2 ** (i + 1) for i in range(2))
     neck = FPN(body.channels, fpn_channels, num_extra=2, add_extra_convs=add_extra_convs,
                relu_before_extra_convs=relu_before_extra_convs)

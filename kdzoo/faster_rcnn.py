@@ -36,6 +36,7 @@ from torchvision.ops import batched_nms, roi_align
 
 from .assigners import NEGATIVE, MaxIoUAssigner
 from .backbone import TimmBackbone
+from .backbone_weights import create_backbone
 from .box_ops import DeltaXYWHCoder
 from .detector import Detector
 from .fpn import FPN
@@ -412,7 +413,7 @@ def build_faster_rcnn(
     pretrained_cfg: PretrainedCfg | None = None,
     pretrained: bool = False,
     num_classes: int | None = None,
-    backbone_pretrained: bool = False,
+    backbone_pretrained: bool | str = False,
     backbone_kwargs: dict[str, Any] | None = None,
     frozen_stages: int = 1,
     norm_eval: bool = True,
@@ -442,9 +443,9 @@ def build_faster_rcnn(
     num_classes = cfg.num_classes if num_classes is None else num_classes
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    body = TimmBackbone(backbone, strides=(4, 8, 16, 32), pretrained=backbone_pretrained and not pretrained,
-                        frozen_stages=frozen_stages, norm_eval=norm_eval, freeze_norm=freeze_norm, style=style,
-                        **(backbone_kwargs or {}))
+    body = create_backbone(backbone, strides=(4, 8, 16, 32), weights=False if pretrained else backbone_pretrained,
+                           frozen_stages=frozen_stages, norm_eval=norm_eval, freeze_norm=freeze_norm, style=style,
+                           **(backbone_kwargs or {}))
     neck = FPN(body.channels, fpn_channels, num_extra=1, add_extra_convs=False)  # P6 = max-pool of P5
     rpn = RPNHead(fpn_channels, feat_channels or fpn_channels, strides=(4, 8, 16, 32, 64),
                   train_cfg=ProposalCfg(**{"nms_pre": 2000, "max_per_img": 1000, **(rpn_train_cfg or {})}),
