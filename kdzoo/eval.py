@@ -60,7 +60,7 @@ def evaluate(
     model: nn.Module,
     dataset: CocoDetection,
     *,
-    batch_size: int = 2,
+    batch_size: int = 1,
     workers: int = 2,
     device: torch.device | str = "cpu",
     progress: bool = False,
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     p.add_argument("--ann", help="COCO annotation JSON (absolute, or relative to --data)")
     p.add_argument("--images-dir", default=None, help="image directory relative to --data (default: --data itself)")
     p.add_argument("--out", default=None, help="write the detections as a COCO results JSON here")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=1,
+                   help="images per step (default 1, as MMDetection tests: padding in a batch of mixed sizes changes edge features)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="inference autocast dtype")

@@ -115,6 +115,9 @@ class Recipe:
     device: str = "auto"  # auto | cpu | cuda
     output_dir: str = ""
     eval_interval: int = 0  # iterations; 0: evaluate only at the end
+    # Images per evaluation step. 1 by default, as MMDetection tests: in a batch of mixed sizes the
+    # padding changes the features at the smaller images' edges, so the AP would depend on batching.
+    eval_batch_size: int = 1
     checkpoint_interval: int = 500  # iterations; the last checkpoint is always written
     log_interval: int = 20
     teacher: TeacherCfg | None = None
@@ -139,7 +142,7 @@ class Recipe:
             raise RecipeError(f"schedule.warmup_ratio must be in (0, 1], got {s.warmup_ratio}")
         if s.grad_clip is not None and s.grad_clip <= 0:
             raise RecipeError(f"schedule.grad_clip must be > 0 or null, got {s.grad_clip}")
-        for key in ("batch_size", "log_interval"):
+        for key in ("batch_size", "eval_batch_size", "log_interval"):
             if getattr(self, key) <= 0:
                 raise RecipeError(f"{key} must be > 0, got {getattr(self, key)}")
         for key in ("workers", "eval_interval", "checkpoint_interval", "warmup_iters"):

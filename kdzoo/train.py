@@ -360,7 +360,7 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
 
     def run_eval(it: int, final: bool) -> dict[str, Any] | None:
         eval_model = model.student if recipe.distill is not None else model
-        metrics, results = evaluate(eval_model, val_ds, batch_size=recipe.batch_size, workers=recipe.workers,
+        metrics, results = evaluate(eval_model, val_ds, batch_size=recipe.eval_batch_size, workers=recipe.workers,
                                     device=device, progress=main_proc)
         if not main_proc:
             return None
