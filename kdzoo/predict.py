@@ -6,7 +6,7 @@
 ``--model`` is a registry name with weights (``arch.tag``), ``hf-hub:org/name``, ``local-dir:path``
 or a training run directory. ``--out`` receives one annotated image per input and
 ``results.json``: COCO-style ``{"images", "categories", "annotations"}`` where every annotation
-is a detection (``image_id``, ``file_name``, ``category_id`` (1-based), ``category_name``,
+is a detection (``image_id``, ``file_name``, ``category_id`` (the weights' dataset ids, e.g. COCO's; else 1-based), ``category_name``,
 ``bbox`` xywh in pixels, ``score``); ``annotations`` loads with ``COCO.loadRes``.
 The same helpers (model loading, image reading, drawing) serve ``demo/app.py``.
 """
@@ -47,6 +47,10 @@ class LoadedModel:
     categories: list[str]
     num_params: int
     note: str = ""  # e.g. "untrained: random weights"
+    category_ids: list[int] | None = None  # results-file id of each class index (COCO's); None: index + 1
+
+    def category_id(self, label: int) -> int:
+        return self.category_ids[label] if self.category_ids else label + 1
 
 
 # ----------------------------------------------------------------------------- models
@@ -54,6 +58,11 @@ def _categories(model: nn.Module) -> list[str]:
     cfg = getattr(model, "pretrained_cfg", None)
     names = list(getattr(cfg, "categories", ()) or ())
     return names if len(names) == model.num_classes else [f"class_{i + 1}" for i in range(model.num_classes)]
+
+
+def _category_ids(model: nn.Module) -> list[int] | None:
+    ids = list(getattr(getattr(model, "pretrained_cfg", None), "category_ids", ()) or ())
+    return ids if len(ids) == model.num_classes else None
 
 
 def load_model(spec: str, device: str | torch.device = "cpu", *, allow_random: bool = False) -> LoadedModel:
@@ -108,7 +117,7 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, allow_random: b
     except (RuntimeError, AssertionError) as e:
         raise PredictError(f"cannot move the model to device {str(device)!r}: {e}") from e
     params = sum(p.numel() for p in model.parameters())
-    return LoadedModel(spec, model, _categories(model), params, note)
+    return LoadedModel(spec, model, _categories(model), params, note, _category_ids(model))
 
 
 # ----------------------------------------------------------------------------- images
@@ -239,13 +248,13 @@ def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], categories: S
     return img
 
 
-def _coco_annotations(det: dict[str, np.ndarray], image_id: int, file_name: str, categories: Sequence[str],
+def _coco_annotations(det: dict[str, np.ndarray], image_id: int, file_name: str, loaded: LoadedModel,
                       first_id: int) -> list[dict[str, Any]]:
     anns = []
     for j, (box, score, label) in enumerate(zip(det["boxes"], det["scores"], det["labels"])):
         x0, y0, x1, y1 = (float(v) for v in box)
         anns.append({"id": first_id + j, "image_id": image_id, "file_name": file_name,
-                     "category_id": int(label) + 1, "category_name": categories[int(label)],
+                     "category_id": loaded.category_id(int(label)), "category_name": loaded.categories[int(label)],
                      "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                      "area": round((x1 - x0) * (y1 - y0), 2), "score": round(float(score), 5)})
     return anns
@@ -292,12 +301,12 @@ def predict_files(files: Sequence[Path], loaded: LoadedModel, out_dir: str | Pat
                 draw_detections(arr, det, loaded.categories).save(out / name)
                 images_meta.append({"id": image_id, "file_name": str(path), "annotated": name,
                                     "width": int(arr.shape[1]), "height": int(arr.shape[0])})
-                annotations += _coco_annotations(det, image_id, str(path), loaded.categories, len(annotations) + 1)
+                annotations += _coco_annotations(det, image_id, str(path), loaded, len(annotations) + 1)
                 bar.update(1)
     bar.close()
     result = {"info": {"model": loaded.name, "score_thr": score_thr},
               "images": images_meta,
-              "categories": [{"id": i + 1, "name": n} for i, n in enumerate(loaded.categories)],
+              "categories": [{"id": loaded.category_id(i), "name": n} for i, n in enumerate(loaded.categories)],
               "annotations": annotations}
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
     return {**result, "skipped": skipped, "notices": notices}

@@ -52,6 +52,9 @@ class PretrainedCfg:
     # Pre-processing and label space.
     num_classes: int = 80
     categories: tuple[str, ...] = ()
+    # The dataset's category id of each class index (COCO's 1..90 with gaps), for results files;
+    # empty: index + 1.
+    category_ids: tuple[int, ...] = ()
     input_size: tuple[int, int] = (1333, 800)  # (long side, short side) of the keep-ratio resize
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -78,6 +81,7 @@ class PretrainedCfg:
         d.pop("state_dict")
         d.pop("build_kwargs")
         d["categories"] = list(self.categories)
+        d["category_ids"] = list(self.category_ids)
         return d
 
 

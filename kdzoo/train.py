@@ -204,7 +204,8 @@ def _build_student(recipe: Recipe, train_ds: CocoDetection) -> nn.Module:
         kwargs["input_size"] = tuple(d.input_size)
     if d.train_sizes is not None:
         kwargs["train_sizes"] = [tuple(s) for s in d.train_sizes]
-    overlay = {"num_classes": train_ds.num_classes, "categories": tuple(train_ds.categories)}
+    overlay = {"num_classes": train_ds.num_classes, "categories": tuple(train_ds.categories),
+               "category_ids": tuple(train_ds.label_to_cat_id)}
     try:
         return create_detector(m.name, pretrained=m.pretrained, pretrained_cfg_overlay=overlay, **kwargs)
     except (OSError, RuntimeError) as e:

@@ -27,8 +27,11 @@ DENSE = {
     "retinanet_r101_fpn_2x_coco": "retinanet_r101",
     "fcos_r50-caffe_fpn_gn-head_1x_coco": "fcos_r50",
     "fcos_r101-caffe_fpn_gn-head_ms-640-800-2x_coco": "fcos_r101",
+    # CrossKD's RetinaNet students take P6/P7 from the FPN output (add_extra_convs='on_output').
+    "crosskd_retinanet_r50_student": "retinanet_r50_crosskd",
 }
-TWO_STAGE = {"faster-rcnn_r50_fpn_1x_coco": "faster_rcnn_r50"}
+TWO_STAGE = {"faster-rcnn_r50_fpn_1x_coco": "faster_rcnn_r50", "faster-rcnn_r101_fpn_1x_coco": "faster_rcnn_r101"}
+SWIN = {"retinanet_swin-t-p4-w7_fpn_1x_coco"}  # tests/test_swin.py
 try:
     import kdzoo.faster_rcnn  # noqa: F401  (registers faster_rcnn_*)
 
@@ -70,7 +73,7 @@ def expected_source_key(kdzoo_key: str, backbone_levels: int) -> str:
 
 
 def test_layouts_present():
-    assert {p.stem for p in LAYOUTS.glob("*.json")} == set(DENSE) | set(TWO_STAGE)
+    assert {p.stem for p in LAYOUTS.glob("*.json")} == set(DENSE) | set(TWO_STAGE) | SWIN
 
 
 @pytest.mark.parametrize("layout", list(DENSE) + [pytest.param(k, marks=needs_faster_rcnn) for k in TWO_STAGE])
@@ -101,6 +104,15 @@ def test_fpn_extra_convs_are_p6_p7():
     converted = mmdet_to_kdzoo(random_checkpoint("retinanet_r50_fpn_1x_coco"), model)
     # RetinaNet's P6 conv reads C5 (on_input): 2048 input channels, exactly MMDetection's fpn_convs.3.
     assert converted["neck.fpn.extra_blocks.convs.0.weight"].shape == (256, 2048, 3, 3)
+
+
+def test_crosskd_retinanet_student_neck_is_on_output():
+    student, teacher = build("retinanet_r50_crosskd"), build("retinanet_r101")
+    # The students' P6 conv reads P5 (256 channels), the teachers' reads C5 (2048 channels).
+    assert student.state_dict()["neck.fpn.extra_blocks.convs.0.weight"].shape == (256, 256, 3, 3)
+    assert teacher.state_dict()["neck.fpn.extra_blocks.convs.0.weight"].shape == (256, 2048, 3, 3)
+    with pytest.raises(CheckpointMismatchError, match=r"neck.fpn.extra_blocks.convs.0.weight: checkpoint \(256, 2048, 3, 3\)"):
+        mmdet_to_kdzoo(random_checkpoint("retinanet_r50_fpn_1x_coco"), student)
 
 
 def test_derivable_buffers_may_be_absent():
