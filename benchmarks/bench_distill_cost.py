@@ -1,4 +1,4 @@
-"""Training-step cost of CrossKD (issue 4): CrossKD step time / (student step + teacher forward),
+"""Training-step cost of CrossKD: CrossKD step time / (student step + teacher forward),
 target <= 1.10, and peak memory of a CrossKD step vs a plain student step.
 
 The three measurements are interleaved (the order rotates every repetition) so that load from

@@ -20,8 +20,8 @@ def group_norm_groups(channels: int, preferred: int = 32) -> int:
 class ConvModule(nn.Module):
     """3x3 (or kxk) conv -> optional GroupNorm -> ReLU; ``activate=False`` stops before the ReLU.
 
-    Stopping before the ReLU is what CrossKD needs: it takes the student's feature after
-    conv+norm and before the activation (METHODS.md §1, reference implementation facts).
+    ``activate=False`` lets a tower be tapped before the ReLU (CrossKD's ``tap='pre_relu'`` option,
+    docs/crosskd.md).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, *, norm: str | None = None) -> None:

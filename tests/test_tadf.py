@@ -1,4 +1,4 @@
-"""TADF (METHODS.md §2): Gaussian masks, teacher-wins masks, KL, decay, region proposal sharing,
+"""TADF (docs/tadf.md): Gaussian masks, teacher-wins masks, KL, decay, region proposal sharing,
 frozen teacher, and a few training steps for the Faster R-CNN and RetinaNet variants."""
 from __future__ import annotations
 

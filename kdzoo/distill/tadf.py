@@ -1,4 +1,4 @@
-"""Task-adaptive distillation (TADF, Sun et al. 2020; METHODS.md §2) for Faster R-CNN FPN and RetinaNet.
+"""Task-adaptive distillation (TADF, Sun et al. 2020; docs/tadf.md) for Faster R-CNN FPN and RetinaNet.
 
 The student borrows from the frozen teacher only where it does worse, at three levels:
 
@@ -13,7 +13,7 @@ Teacher and student are compared on the same regions ("region proposal sharing")
 R-CNN the student's sampled RoIs are pooled from the teacher's FPN and run through the teacher's
 box head; for RetinaNet both share the anchor layout and the student's assignment. The total
 distillation weight follows :func:`decay_factor` of the training progress set with
-``set_progress(t)``. The paper's code is not public: every choice below that METHODS.md §2 leaves
+``set_progress(t)``. The paper's code is not public: every choice below that the paper leaves
 open is an option with a documented default.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ DECAY_SCHEDULES = ("linear", "cosine", "constant")
 
 # ------------------------------------------------------------------------------- pieces
 def decay_factor(t: float, schedule: str = "linear") -> float:
-    """METHODS.md §2 "Decay": the multiplier of the distillation weight at progress ``t`` in [0, 1]:
+    """docs/tadf.md, "Decay": the multiplier of the distillation weight at progress ``t`` in [0, 1]:
     ``1 - t`` (linear, the default), ``(1 + cos(pi t)) / 2`` (cosine) or ``1`` (constant)."""
     if not 0.0 <= t <= 1.0:
         raise ValueError(f"progress t must be in [0, 1], got {t}")
@@ -64,7 +64,7 @@ def decay_factor(t: float, schedule: str = "linear") -> float:
 
 
 def gaussian_fg_mask(boxes: torch.Tensor, feat_size: tuple[int, int], stride: int, sigma_ratio: float = 0.25) -> torch.Tensor:
-    """METHODS.md §2 "Feature distillation": the [H, W] mask of one image on one FPN level.
+    """docs/tadf.md, "Feature term": the [H, W] mask of one image on one FPN level.
 
     Each feature cell is the image point at its centre ``((x + 0.5) * stride, (y + 0.5) * stride)``.
     A box (xyxy, pixels of the network input) contributes ``exp(-dx^2 / 2 sx^2 - dy^2 / 2 sy^2)``
@@ -94,7 +94,7 @@ def gaussian_fg_mask(boxes: torch.Tensor, feat_size: tuple[int, int], stride: in
 def masked_feature_loss(feats: Sequence[torch.Tensor], teacher_feats: Sequence[torch.Tensor],
                         masks: Sequence[torch.Tensor]) -> torch.Tensor:
     """Mask-weighted MSE (mean over channels) summed over levels and locations, divided by the
-    sum of the masks (METHODS.md §2); ``masks[l]`` is [N, H, W] for level ``l``."""
+    sum of the masks (docs/tadf.md); ``masks[l]`` is [N, H, W] for level ``l``."""
     num, den = feats[0].new_zeros(()), feats[0].new_zeros(())
     for level, (f, tf, m) in enumerate(zip(feats, teacher_feats, masks)):
         if f.shape != tf.shape:
@@ -121,7 +121,7 @@ def soft_label_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 
 def teacher_better_cls_mask(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
                             use_sigmoid: bool = False) -> torch.Tensor:
-    """METHODS.md §2 "Classification distillation": True where the teacher's probability of the GT
+    """docs/tadf.md, "Classification term": True where the teacher's probability of the GT
     class ``labels`` (at T = 1) strictly exceeds the student's. [K, C] logits, [K] labels -> [K] bool."""
     if len(labels) != len(student_logits) or student_logits.shape != teacher_logits.shape:
         raise ValueError(f"expected student/teacher logits of one shape [K, C] and labels [K]; got "
@@ -133,7 +133,7 @@ def teacher_better_cls_mask(student_logits: torch.Tensor, teacher_logits: torch.
 
 def teacher_better_reg_mask(student_boxes: torch.Tensor, teacher_boxes: torch.Tensor, gt_boxes: torch.Tensor,
                             margin: float = 0.0) -> torch.Tensor:
-    """METHODS.md §2 "Regression distillation": True where IoU(teacher box, GT) > IoU(student box, GT)
+    """docs/tadf.md, "Regression term": True where IoU(teacher box, GT) > IoU(student box, GT)
     + ``margin``. All [K, 4] xyxy -> [K] bool."""
     if not student_boxes.shape == teacher_boxes.shape == gt_boxes.shape:
         raise ValueError(f"student, teacher and GT boxes must share one shape [K, 4]; got {tuple(student_boxes.shape)}, "
@@ -177,7 +177,7 @@ class TADF(Distiller):
     Args:
         terms: which distillation terms run (any of ``TERMS``); the detection losses always do.
         loss_feat_weight, loss_cls_weight, loss_reg_weight: lambda_0 of each term (project defaults 1.0).
-        decay: ``'linear'`` (METHODS.md §2 default), ``'cosine'`` or ``'constant'``; multiplies all terms.
+        decay: ``'linear'`` (the default, docs/tadf.md), ``'cosine'`` or ``'constant'``; multiplies all terms.
         adaptive: ``False`` distils every positive region (the ablation without the teacher-wins rule).
         temperature: softening of the classification KL (project default 2.0, T^2-scaled).
         sigma_ratio: Gaussian sigma as a fraction of the box width/height (project default 0.25).
