@@ -10,6 +10,13 @@ renames (``docs/architecture.md``; the layouts are recorded in ``tests/data/mmde
   ``neck.fpn.layer_blocks.i.0`` for the backbone levels and ``neck.fpn.extra_blocks.convs.j``
   for the extra (P6/P7) convs.
 * Heads (``bbox_head.*``, ``rpn_head.*``, ``roi_head.*``) already use MMDetection's names.
+* Swin (MMDetection's ``SwinTransformer`` -> timm's, for models whose backbone is a timm Swin):
+  ``stages.i.blocks.j.attn.w_msa`` -> ``layers_i.blocks.j.attn``, ``ffn.layers.0.0``/``ffn.layers.1``
+  -> ``mlp.fc1``/``mlp.fc2``, ``patch_embed.projection`` -> ``patch_embed.proj``; the PatchMerging
+  ``stages.i.downsample`` (end of stage i, ``nn.Unfold`` channel order) -> ``layers_{i+1}.downsample``
+  (start of stage i+1, timm's order) with its reduction columns and norm permuted; the output
+  norms ``backbone.norm{i}`` -> ``backbone.norm{i}`` (``TimmBackbone(out_norms=True)``); the
+  ``relative_position_index`` buffers are dropped (timm recomputes the same index).
 
 A family whose names differ registers its renames with :func:`register_mmdet_rules`.
 CrossKD's distillers keep the teacher out of their ``state_dict`` (it is set with
@@ -42,7 +49,12 @@ __all__ = [
     "convert_mmdet_checkpoint",
 ]
 
-Replacement = str | Callable[[re.Match, nn.Module], str]
+# A kdzoo key, a function of (match, model) giving it, or None: a checkpoint buffer without learned
+# state that the model recomputes (dropped).
+Replacement = str | Callable[[re.Match, nn.Module], str] | None
+# Optional change of a tensor's layout on the way (e.g. a permutation of its channels).
+Transform = Callable[[torch.Tensor], torch.Tensor]
+_Rule = tuple[re.Pattern, Replacement, "Transform | None"]
 
 
 class CheckpointMismatchError(ValueError):
@@ -63,10 +75,12 @@ _COMMON_RULES: list[tuple[str, Replacement]] = [
     (r"neck\.lateral_convs\.(\d+)\.conv\.(weight|bias)", r"neck.fpn.inner_blocks.\1.0.\2"),
     (r"neck\.fpn_convs\.(\d+)\.conv\.(weight|bias)", _fpn_output_conv),
 ]
-_FAMILY_RULES: dict[type, list[tuple[re.Pattern, Replacement]]] = {}
+_FAMILY_RULES: dict[type, list[tuple[re.Pattern, Replacement, Transform | None, Callable[[nn.Module], bool] | None]]] = {}
 
 # Buffers that older checkpoints may lack and that carry no learned state: taken from the model.
-_DERIVABLE = (re.compile(r".*\.num_batches_tracked"), re.compile(r".*\.integral\.project"))
+# (timm keeps Swin's relative_position_index / attn_mask non-persistent; listed in case a version does not.)
+_DERIVABLE = (re.compile(r".*\.num_batches_tracked"), re.compile(r".*\.integral\.project"),
+              re.compile(r".*\.relative_position_index"), re.compile(r".*\.attn_mask"))
 
 # Predictor names that identify a detector type, for error messages.
 _TYPE_MARKERS = {
@@ -80,38 +94,97 @@ _RESNET_DEPTHS = {(2, 2, 2, 2): "ResNet-18", (3, 4, 6, 3): "ResNet-34/50", (3, 4
                   (3, 8, 36, 3): "ResNet-152"}
 
 
-def register_mmdet_rules(model_cls: type[nn.Module], rules: Sequence[tuple[str, Replacement]]) -> None:
+def register_mmdet_rules(model_cls: type[nn.Module], rules: Sequence[tuple], *,
+                         when: Callable[[nn.Module], bool] | None = None) -> None:
     """Renames for ``model_cls`` (and subclasses), tried before the common backbone/neck rules.
 
-    Each rule is ``(regex fully matching an MMDetection key, replacement)``; the replacement is a
-    ``re`` template (``r"bbox_head.cls_logits.\\1"``) or ``fn(match, model) -> kdzoo key``.
-    Keys matched by no rule keep their name.
+    Each rule is ``(regex fully matching an MMDetection key, replacement)`` or
+    ``(regex, replacement, transform)``; the replacement is a ``re`` template
+    (``r"bbox_head.cls_logits.\\1"``), ``fn(match, model) -> kdzoo key`` or ``None`` (a buffer
+    without learned state that the model recomputes: dropped); ``transform(tensor) -> tensor``
+    changes the layout of the value. ``when(model)`` limits the rules to some models (e.g. those
+    with a Swin backbone). Keys matched by no rule keep their name.
     """
-    _FAMILY_RULES.setdefault(model_cls, []).extend((re.compile(p), r) for p, r in rules)
+    _FAMILY_RULES.setdefault(model_cls, []).extend(
+        (re.compile(rule[0]), rule[1], rule[2] if len(rule) > 2 else None, when) for rule in rules)
 
 
-def _rules_for(model: nn.Module) -> list[tuple[re.Pattern, Replacement]]:
-    rules = [r for cls in type(model).__mro__ for r in _FAMILY_RULES.get(cls, [])]
+def _rules_for(model: nn.Module) -> list[_Rule]:
+    applies: dict[Callable[[nn.Module], bool], bool] = {}  # each condition checked once
+
+    def holds(when: Callable[[nn.Module], bool] | None) -> bool:
+        if when is not None and when not in applies:
+            applies[when] = bool(when(model))
+        return when is None or applies[when]
+
+    rules = [(p, r, t) for cls in type(model).__mro__ for p, r, t, when in _FAMILY_RULES.get(cls, []) if holds(when)]
     if hasattr(model, "neck") and hasattr(getattr(model.neck, "fpn", None), "inner_blocks"):
-        rules += [(re.compile(p), r) for p, r in _COMMON_RULES]
+        rules += [(re.compile(p), r, None) for p, r in _COMMON_RULES]
     else:
-        rules += [(re.compile(p), r) for p, r in _COMMON_RULES[:1]]
+        rules += [(re.compile(p), r, None) for p, r in _COMMON_RULES[:1]]
     return rules
 
 
-def mmdet_key_map(keys: Sequence[str], model: nn.Module) -> dict[str, str]:
-    """MMDetection key -> kdzoo key for every key in ``keys``."""
+def _conversion_plan(keys: Sequence[str], model: nn.Module) -> dict[str, tuple[str | None, Transform | None]]:
     rules = _rules_for(model)
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str | None, Transform | None]] = {}
     for key in keys:
-        for pattern, repl in rules:
+        for pattern, repl, transform in rules:
             m = pattern.fullmatch(key)
             if m:
-                out[key] = repl(m, model) if callable(repl) else m.expand(repl)
+                out[key] = (repl(m, model) if callable(repl) else None if repl is None else m.expand(repl), transform)
                 break
         else:
-            out[key] = key
+            out[key] = (key, None)
     return out
+
+
+def mmdet_key_map(keys: Sequence[str], model: nn.Module) -> dict[str, str | None]:
+    """MMDetection key -> kdzoo key for every key in ``keys`` (None: a dropped buffer)."""
+    return {k: dst for k, (dst, _) in _conversion_plan(keys, model).items()}
+
+
+# ------------------------------------------------------------------------- Swin backbones
+def _has_swin_backbone(model: nn.Module) -> bool:
+    from timm.models.swin_transformer import SwinTransformerBlock
+
+    body = getattr(getattr(model, "backbone", None), "body", None)
+    return isinstance(body, nn.Module) and any(isinstance(m, SwinTransformerBlock) for m in body.modules())
+
+
+def _swin_stage(model: nn.Module, index: int) -> str:
+    """``backbone.body.layers_i`` (timm's features_only flattens ``layers.i``)."""
+    name = f"layers_{index}" if hasattr(model.backbone.body, f"layers_{index}") else f"layers.{index}"
+    return f"backbone.body.{name}"
+
+
+def _swin_block(m: re.Match, model: nn.Module) -> str:
+    stage, block, rest = int(m.group(1)), m.group(2), m.group(3)
+    for old, new in (("attn.w_msa.", "attn."), ("ffn.layers.0.0.", "mlp.fc1."), ("ffn.layers.1.", "mlp.fc2.")):
+        if rest.startswith(old):
+            rest = new + rest[len(old):]
+    return f"{_swin_stage(model, stage)}.blocks.{block}.{rest}"
+
+
+def _swin_merge(m: re.Match, model: nn.Module) -> str:
+    # MMDetection's PatchMerging ends stage i; timm's starts stage i + 1.
+    return f"{_swin_stage(model, int(m.group(1)) + 1)}.downsample.{m.group(2)}"
+
+
+def _unfold_to_timm_order(t: torch.Tensor) -> torch.Tensor:
+    """Last dim from ``nn.Unfold``'s order (channel, row offset, column offset) to timm's
+    PatchMerging order (column offset, row offset, channel): reduction columns and norm entries."""
+    return t.unflatten(-1, (-1, 2, 2)).transpose(-1, -3).flatten(-3)
+
+
+_SWIN_RULES = [
+    (r"backbone\.patch_embed\.projection\.(weight|bias)", r"backbone.body.patch_embed.proj.\1"),
+    (r"backbone\.stages\.\d+\.blocks\.\d+\.attn\.w_msa\.relative_position_index", None),
+    (r"backbone\.stages\.(\d+)\.blocks\.(\d+)\.(.+)", _swin_block),
+    (r"backbone\.stages\.(\d+)\.downsample\.((?:reduction|norm)\.(?:weight|bias))", _swin_merge, _unfold_to_timm_order),
+    (r"backbone\.(norm\d+)\.(weight|bias)", r"backbone.\1.\2"),  # output norms (TimmBackbone(out_norms=True))
+]
+register_mmdet_rules(nn.Module, _SWIN_RULES, when=_has_swin_backbone)
 
 
 def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -170,12 +243,16 @@ def mmdet_to_kdzoo(state_dict: Mapping[str, Any], model: nn.Module) -> "OrderedD
     if not_tensors:
         raise TypeError(f"state dict entries must be tensors; {not_tensors[:5]} are not")
     own = model.state_dict()
-    key_map = mmdet_key_map(list(source), model)
+    plan = _conversion_plan(list(source), model)
+    key_map = {k: dst for k, (dst, _) in plan.items() if dst is not None}
     targets = Counter(key_map.values())
     clashes = sorted(k for k, n in targets.items() if n > 1)
     if clashes:
         raise CheckpointMismatchError(f"several checkpoint keys map onto {clashes[:5]}")
-    mapped = {key_map[k]: v for k, v in source.items()}
+    mapped = {}
+    for k, dst in key_map.items():
+        transform = plan[k][1]
+        mapped[dst] = source[k] if transform is None or dst not in own else transform(source[k])
     for k, v in own.items():
         if k not in mapped and any(p.fullmatch(k) for p in _DERIVABLE):
             mapped[k] = v.clone()
