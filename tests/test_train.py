@@ -113,10 +113,20 @@ def test_shipped_recipes_load() -> None:
         r = load_recipe(path)
         s = r.schedule
         assert (s.epochs, s.steps, s.momentum, s.weight_decay, s.warmup_iters) == (12, [8, 11], 0.9, 1e-4, 500), path
-        assert r.batch_size * 8 == s.base_batch_size == 16 and r.model.kwargs["backbone_pretrained"] is True
+        assert r.batch_size * 8 == s.base_batch_size == 16
+        # MMDetection's ImageNet init: torchvision's weights, or MSRA's caffe ResNets for the caffe-style FCOS
+        expected = f"open-mmlab://detectron/resnet{path.stem.split('_r')[1].split('_')[0]}_caffe" if "fcos" in path.name \
+            else "tv_in1k"
+        assert r.model.kwargs["backbone_pretrained"] == expected, path
         assert r.data.input_size == [1333, 800] and r.data.flip == 0.5
     fcos = load_recipe(REPO / "recipes" / "coco" / "fcos_r50_1x.yaml").schedule
     assert (fcos.grad_clip, fcos.warmup, fcos.bias_lr_mult, fcos.bias_decay_mult) == (35.0, "constant", 2.0, 0.0)
+    # CrossKD's FCOS config: ConstantLR(1/3) for 500 iterations, a random choice of 1333x640 or 1333x800.
+    kd = load_recipe(REPO / "recipes" / "coco" / "crosskd_fcos_r101_to_r50_2x_ms.yaml")
+    assert (kd.schedule.warmup, kd.schedule.warmup_iters, kd.schedule.warmup_ratio) == ("constant", 500, pytest.approx(1 / 3))
+    assert kd.data.train_sizes == [[1333, 640], [1333, 800]]
+    for name in ("crosskd_retinanet_r101_to_r50_2x", "crosskd_retinanet_swin_t_to_r50_1x"):
+        assert load_recipe(REPO / "recipes" / "coco" / f"{name}.yaml").model.kwargs["add_extra_convs"] == "on_output"
     shapes = sorted((REPO / "recipes" / "shapes").glob("*.yaml"))
     assert len(shapes) >= 12
     for path in shapes:  # CPU recipes train from scratch: nothing frozen, BatchNorm statistics learned
@@ -286,6 +296,30 @@ def test_pretrained_backbone_offline_fails_clearly(shapes: Path, tmp_path: Path,
 
 
 # ----------------------------------------------------------------------------- evaluation
+def test_evaluation_runs_one_image_at_a_time_by_default() -> None:
+    import inspect
+
+    import kdzoo
+    from kdzoo.eval import evaluate
+
+    assert inspect.signature(evaluate).parameters["batch_size"].default == 1
+    assert recipe_from_dict({"model": {"name": "gfl_r18"}, "data": {"root": "x"}, "output_dir": "o",
+                             "schedule": {"iters": 1}}).eval_batch_size == 1
+    # Why: next to a larger image, a small image's padding changes its features at the edges.
+    torch.manual_seed(0)
+    model = kdzoo.create_detector("gfl_r18", num_classes=3, fpn_channels=16, input_size=(96, 96)).eval()
+    for m in model.modules():  # trained weights have biases and BatchNorm shifts: padding stops being zero
+        if isinstance(getattr(m, "bias", None), torch.Tensor):
+            torch.nn.init.normal_(m.bias, std=0.5)
+    small, large = torch.rand(3, 48, 96), torch.rand(3, 96, 96)
+    with torch.no_grad():
+        feats_alone = model.extract_feats(model.preprocess([small])[0].tensors)
+        feats_batched = model.extract_feats(model.preprocess([large, small])[0].tensors)
+    h, w = feats_alone[0].shape[-2:]
+    assert not torch.allclose(feats_alone[0][0], feats_batched[0][1, :, :h, :w], atol=1e-4)
+
+
+
 def test_eval_results_file_matches_pycocotools(shapes: Path, tmp_path: Path) -> None:
     import contextlib
     import io
