@@ -29,6 +29,11 @@ def check_targets(targets: object, num_images: int, num_classes: int) -> None:
         if labels.dim() != 1 or len(labels) != len(boxes):
             raise ValueError(f"targets[{i}]['labels'] has shape {tuple(labels.shape)}; expected [{len(boxes)}]")
         if len(boxes):
+            finite = torch.isfinite(boxes).all(dim=1)
+            if not finite.all():  # NaN compares false, so the order check below would let it through
+                j = int((~finite).nonzero()[0])
+                raise ValueError(f"targets[{i}]['boxes'][{j}] = {boxes[j].tolist()} has non-finite coordinates; "
+                                 "expected finite absolute xyxy")
             bad = (boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])
             if bad.any():
                 j = int(bad.nonzero()[0])

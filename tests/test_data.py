@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from kdzoo.data.coco import CocoDetection, collate_fn
-from kdzoo.data.shapes import CLASS_NAMES, dataset_stats, ensure_shapes, generate_shapes, main
+from kdzoo.data.shapes import CLASS_NAMES, ShapesDirectoryError, dataset_stats, ensure_shapes, generate_shapes, main
 
 W, H = 40, 30
 
@@ -163,8 +163,10 @@ def test_ensure_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     ann = root / "annotations" / "instances_train.json"
     stamp = ann.stat().st_mtime_ns
     assert ensure_shapes(tmp_path / "s", **SMALL) == root and ann.stat().st_mtime_ns == stamp
-    ensure_shapes(tmp_path / "s", **{**SMALL, "num_train": 4})  # other params: regenerated
-    assert len(json.loads(ann.read_text())["images"]) == 4
+    # Other parameters: the existing dataset is kept and the error says what differs.
+    with pytest.raises(ShapesDirectoryError, match=r"num_train: 3 there, 4 requested"):
+        ensure_shapes(tmp_path / "s", **{**SMALL, "num_train": 4})
+    assert len(json.loads(ann.read_text())["images"]) == 3 and ann.stat().st_mtime_ns == stamp
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     with pytest.raises(FileExistsError, match="foreign"):

@@ -11,6 +11,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,11 @@ from pycocotools.coco import COCO
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["CocoDetection", "collate_fn", "load_coco", "decode_image"]
+__all__ = ["CocoDetection", "collate_fn", "load_coco", "decode_image", "find_bad_images", "check_images",
+           "BadImagesError"]
 
 _REQUIRED_KEYS = ("images", "categories")
+_log = logging.getLogger(__name__)
 
 
 def load_coco(ann_file: str | Path) -> COCO:
@@ -96,6 +102,12 @@ class CocoDetection(Dataset):
         flip_prob: flip probability in train mode.
         filter_empty: drop images without any usable (non-crowd, non-degenerate) box,
             as detectors are usually trained.
+
+    Every annotation is checked when the dataset is built: a malformed or non-finite ``bbox``
+    or an unknown ``category_id`` raises ValueError there. Degenerate boxes (under 1 px wide
+    or tall once clipped to the image, or outside it) are left out of the targets and counted,
+    with one warning per dataset (logger ``kdzoo.data.coco``). :func:`check_images` checks that
+    every image file reads.
     """
 
     def __init__(
@@ -121,9 +133,35 @@ class CocoDetection(Dataset):
         self.categories: list[str] = [self.coco.cats[c]["name"] for c in cat_ids]
 
         ids = sorted(self.coco.imgs)
+        usable = self._scan_boxes(ids, ann_file)
         if filter_empty:
-            ids = [i for i in ids if len(self._load_target(i, *self._json_size(i))[0])]
+            ids = [i for i in ids if usable[i]]
         self.ids: list[int] = ids
+
+    def _scan_boxes(self, ids: list[int], ann_file: str | Path) -> dict[int, int]:
+        """Validate every annotation once (so bad ones fail here, not mid-run), count each image's
+        usable boxes, and report the degenerate boxes that will be left out, in one warning line."""
+        usable: dict[int, int] = {}
+        dropped: list[tuple[int, Any]] = []  # (image id, annotation id)
+        total = 0
+        for image_id in ids:
+            n, size = 0, self._json_size(image_id)
+            for ann in self.coco.imgToAnns.get(image_id, []):
+                if ann.get("iscrowd", 0):
+                    continue
+                total += 1
+                if self._ann_box(ann, image_id, *size) is None:
+                    dropped.append((image_id, ann.get("id")))
+                else:
+                    n += 1
+            usable[image_id] = n
+        if dropped:
+            examples = ", ".join(f"{self.coco.imgs[i].get('file_name', f'image {i}')} (annotation {a})"
+                                 for i, a in dropped[:3])
+            _log.warning("%s: %d of %d boxes are degenerate (width or height under 1 px inside the image, or outside "
+                         "it) and are left out of the targets, e.g. %s", ann_file, len(dropped), total,
+                         examples)
+        return usable
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -136,26 +174,40 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         return info.get("height"), info.get("width")
 
+    def _ann_box(self, ann: dict[str, Any], image_id: int, height: int | None,
+                 width: int | None) -> tuple[float, float, float, float] | None:
+        """The annotation's xyxy box clipped to the image, or None when it is degenerate."""
+        bbox = ann.get("bbox")
+        if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+            raise ValueError(f"annotation {ann.get('id')} of image {image_id}: expected bbox [x,y,w,h], got {bbox}")
+        cat = ann.get("category_id")
+        if cat not in self.cat_id_to_label:
+            raise ValueError(f"annotation {ann.get('id')} of image {image_id}: unknown category_id {cat}")
+        try:
+            x, y, w, h = (float(v) for v in bbox)
+        except (TypeError, ValueError):
+            raise ValueError(f"annotation {ann.get('id')} of image {image_id}: expected bbox of 4 numbers, "
+                             f"got {bbox}") from None
+        if not all(math.isfinite(v) for v in (x, y, w, h)):
+            raise ValueError(f"annotation {ann.get('id')} of image {image_id}: bbox {bbox} has non-finite values; "
+                             "expected finite [x,y,w,h]")
+        x1, y1, x2, y2 = x, y, x + w, y + h
+        if width is not None and height is not None:
+            x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
+            y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
+        if x2 - x1 < 1 or y2 - y1 < 1:
+            return None  # degenerate boxes give NaN/inf regression targets (counted in _scan_boxes)
+        return x1, y1, x2, y2
+
     def _load_target(self, image_id: int, height: int | None, width: int | None) -> tuple[Tensor, Tensor]:
         boxes, labels = [], []
         for ann in self.coco.imgToAnns.get(image_id, []):
             if ann.get("iscrowd", 0):
                 continue  # crowd regions are ignore-regions in COCO eval, not training targets
-            bbox = ann.get("bbox")
-            if bbox is None or len(bbox) != 4:
-                raise ValueError(f"annotation {ann.get('id')} of image {image_id}: expected bbox [x,y,w,h], got {bbox}")
-            cat = ann["category_id"]
-            if cat not in self.cat_id_to_label:
-                raise ValueError(f"annotation {ann.get('id')} of image {image_id}: unknown category_id {cat}")
-            x, y, w, h = (float(v) for v in bbox)
-            x1, y1, x2, y2 = x, y, x + w, y + h
-            if width is not None and height is not None:
-                x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-                y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-            if x2 - x1 < 1 or y2 - y1 < 1:
-                continue  # degenerate boxes give NaN/inf regression targets
-            boxes.append((x1, y1, x2, y2))
-            labels.append(self.cat_id_to_label[cat])
+            box = self._ann_box(ann, image_id, height, width)
+            if box is not None:
+                boxes.append(box)
+                labels.append(self.cat_id_to_label[ann["category_id"]])
         return (
             torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             torch.tensor(labels, dtype=torch.int64),
@@ -191,3 +243,82 @@ def collate_fn(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[list[Tensor]
     """Keep variable-size images as a list; the model's transform batches them."""
     images, targets = zip(*batch) if batch else ((), ())
     return list(images), list(targets)
+
+
+class BadImagesError(ValueError, RuntimeError):
+    """Image files of a dataset that cannot be read. ``bad`` lists every one as (path, reason).
+    A ValueError (bad input data) and a RuntimeError, what :func:`decode_image` raises for one file."""
+
+    def __init__(self, message: str, bad: list[tuple[str, str]] | None = None) -> None:
+        super().__init__(message)
+        self.bad = list(bad or [])
+
+
+def _probe_image(path: Path, size: tuple[int | None, int | None]) -> str | None:
+    """Why ``path`` cannot be used as a training image, or None when it is fine.
+
+    Cheaper than a decode: PNG files are checked chunk by chunk (verify reads every chunk and
+    its checksum without inflating), JPEGs are decoded at 1/8 scale (which still reads all of
+    the compressed data, so truncation shows), other formats are decoded.
+    """
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.format == "PNG":
+                img.verify()
+            else:
+                img.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                img.load()
+    except FileNotFoundError:
+        return "file not found"
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as e:
+        return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+    jh, jw = size
+    if (jh is not None and jh != h) or (jw is not None and jw != w):
+        return f"is {w}x{h} but the annotation file says {jw}x{jh}"
+    return None
+
+
+def find_bad_images(dataset: CocoDetection, workers: int | None = None) -> list[tuple[str, str]]:
+    """(path, reason) for every image of ``dataset`` (its ``ids``) that cannot be read, in id order.
+
+    Files are probed in a thread pool (``workers`` threads, default ``min(32, CPUs + 4)``): the
+    work is mostly file reads, checksums and decoding, which run outside Python's GIL.
+    """
+    jobs: list[tuple[Path, tuple[int | None, int | None]]] = []
+    bad: list[tuple[str, str]] = []
+    for image_id in dataset.ids:
+        info = dataset.coco.imgs[image_id]
+        if "file_name" not in info:
+            bad.append((f"image {image_id}", "no 'file_name' in the annotation file"))
+            continue
+        jobs.append((dataset.root / info["file_name"], dataset._json_size(image_id)))
+    if not jobs:
+        return bad
+
+    def probe_chunk(chunk: list[tuple[Path, tuple[int | None, int | None]]]) -> list[str | None]:
+        return [_probe_image(p, size) for p, size in chunk]
+
+    max_workers = max(1, workers if workers is not None else min(32, (os.cpu_count() or 1) + 4))
+    step = max(1, min(256, len(jobs) // (4 * max_workers)))  # a few chunks per thread, not one future per file
+    chunks = [jobs[i:i + step] for i in range(0, len(jobs), step)]
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        reasons = [r for rs in pool.map(probe_chunk, chunks) for r in rs]
+    bad.extend((str(p), r) for (p, _), r in zip(jobs, reasons) if r is not None)
+    return bad
+
+
+def check_images(*datasets: CocoDetection, workers: int | None = None, show: int = 5) -> None:
+    """Raise :class:`BadImagesError` (one line, the first ``show`` files and why) if any image file of
+    ``datasets`` cannot be read: called before training so that a bad file does not stop a run midway."""
+    bad: list[tuple[str, str]] = []
+    total = 0
+    for ds in datasets:
+        bad += find_bad_images(ds, workers)
+        total += len(ds)
+    if bad:
+        where = ", ".join(str(ds.root) for ds in datasets)
+        listed = "; ".join(f"{p} ({r})" for p, r in bad[:show])
+        more = f"; and {len(bad) - show} more" if len(bad) > show else ""
+        raise BadImagesError(f"{len(bad)} of {total} image files under {where} cannot be read: {listed}{more}; "
+                             "expected decodable images of the size the annotation file gives", bad)

@@ -61,6 +61,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -322,7 +323,9 @@ def generate_shapes(
     """Generate the dataset into ``out_dir`` (replacing a previous generation) and return it.
 
     Written into a temporary sibling directory and renamed into place, so an interrupted
-    run never leaves a partial dataset at ``out_dir``.
+    run never leaves a partial dataset at ``out_dir``. A previous generation is replaced only
+    if it holds nothing but the generator's own files; a directory that is not a generated
+    dataset, or one with anything else in it, raises :class:`ShapesDirectoryError` untouched.
     """
     if num_train < 0 or num_val < 0:
         raise ValueError(f"num_train/num_val must be >= 0, got {num_train}/{num_val}")
@@ -330,8 +333,7 @@ def generate_shapes(
         raise ValueError(f"image_size must be >= {int(4 * MIN_SIZE_PX)} px, got {image_size}")
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if out.exists() and not (out / META_FILE).is_file():
-        raise FileExistsError(f"{out} exists but is not a generated shapes dataset (no {META_FILE}); refusing to overwrite it")
+    _check_replaceable(out)
     workers = workers if workers is not None else min(8, os.cpu_count() or 1)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
@@ -341,6 +343,7 @@ def generate_shapes(
         (tmp / META_FILE).write_text(json.dumps(_params(num_train, num_val, image_size, seed), sort_keys=True))
         old = None
         if out.exists():  # move the previous generation aside so the swap is a rename
+            _check_replaceable(out)  # again: files may have been added while generating
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.rename(out, old)
         try:
@@ -361,16 +364,79 @@ def _is_complete(out: Path) -> bool:
     return (out / META_FILE).is_file() and all((out / "annotations" / f"instances_{s}.json").is_file() for s in _SPLIT_KEYS)
 
 
+class ShapesDirectoryError(FileExistsError, ValueError):
+    """The target directory holds something the generator must not replace. Also a ValueError,
+    so command lines that report bad input as one ``error:`` line report this one too."""
+
+
+_GENERATED_NAME = re.compile(r"\d{6}\.png")
+
+
+def _is_generated(rel: tuple[str, ...]) -> bool:
+    """Whether the path ``rel`` (parts, relative to the dataset root) is one the generator writes."""
+    if rel == (META_FILE,):
+        return True
+    if len(rel) != 2:
+        return False
+    if rel[0] == "annotations":
+        return rel[1] in {f"instances_{s}.json" for s in _SPLIT_KEYS}
+    return rel[0] in _SPLIT_KEYS and _GENERATED_NAME.fullmatch(rel[1]) is not None
+
+
+def _foreign_entries(out: Path) -> list[str]:
+    """Files, links and folders under ``out`` that the generator did not write (relative paths)."""
+    foreign: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(out):
+        rel_dir = Path(dirpath).relative_to(out).parts
+        for d in list(dirnames):
+            if rel_dir or d not in ("annotations", *_SPLIT_KEYS) or (Path(dirpath) / d).is_symlink():
+                foreign.append(str(Path(*rel_dir, d)) + "/")
+                dirnames.remove(d)  # reported as a whole, not descended into
+        foreign.extend(str(Path(*rel_dir, f)) for f in filenames
+                       if not _is_generated((*rel_dir, f)) or (Path(dirpath) / f).is_symlink())
+    return sorted(foreign)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Raise unless ``out`` is absent or a previous generation holding only the generator's files."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or not (out / META_FILE).is_file():
+        raise ShapesDirectoryError(
+            f"{out} exists but is not a generated shapes dataset (no {META_FILE}); refusing to overwrite it: "
+            "expected a missing directory or one written by kdzoo.data.shapes")
+    foreign = _foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise ShapesDirectoryError(
+            f"{out} holds {len(foreign)} file(s) the shapes generator did not write ({shown}); refusing to replace "
+            "the directory: move them out first, or generate into another directory")
+
+
 def ensure_shapes(out_dir: str | Path, **kw: Any) -> Path:
-    """Return ``out_dir``, generating it first if it is missing or was made with other parameters."""
+    """Return ``out_dir``, generating it first if it is missing.
+
+    A dataset already there that was generated with other parameters is never replaced (it
+    may hold the user's files, or be read by a running job): :class:`ShapesDirectoryError`
+    names the directory and every parameter that differs, old and new value.
+    """
     out = Path(out_dir)
     want = _params(
         kw.get("num_train", 800), kw.get("num_val", 200), kw.get("image_size", 320), kw.get("seed", 0)
     )
     if _is_complete(out):
-        have = json.loads((out / META_FILE).read_text())
+        try:
+            have = json.loads((out / META_FILE).read_text())
+        except ValueError:
+            have = {}
+        have = have if isinstance(have, dict) else {}
         if have == want:
             return out
+        diff = "; ".join(f"{k}: {have.get(k)!r} there, {want.get(k)!r} requested"
+                         for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k))
+        raise ShapesDirectoryError(
+            f"shapes dataset {out} was generated with other parameters ({diff}); refusing to replace it: "
+            "use another directory for these parameters (a recipe's data.root), or delete this one to regenerate it")
     return generate_shapes(out, **kw)
 
 
@@ -429,7 +495,11 @@ def main(argv: Iterable[str] | None = None) -> None:
     args = p.parse_args(list(argv) if argv is not None else None)
     if not args.stats:
         t0 = time.perf_counter()
-        generate_shapes(args.out, num_train=args.train, num_val=args.val, image_size=args.size, seed=args.seed, workers=args.workers)
+        try:
+            generate_shapes(args.out, num_train=args.train, num_val=args.val, image_size=args.size, seed=args.seed,
+                            workers=args.workers)
+        except ShapesDirectoryError as e:
+            raise SystemExit(f"error: {e}") from None
         print(f"wrote {args.train}+{args.val} images to {args.out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
     print(format_stats(dataset_stats(args.out)))
 
