@@ -40,7 +40,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .data.coco import CocoDetection, collate_fn
+from .data.coco import CocoDetection, check_images, collate_fn
 from .dist import is_distributed, rank, world_size
 from .eval import CONFIG_FILE, WEIGHTS_FILE, evaluate, load_run_dir
 from .evaluation import format_table, save_results_json
@@ -296,6 +296,7 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
         raise RecipeError(f"data.train_ann: {d.path('train_ann')} has no training image with a usable box")
     if val_ds.categories != train_ds.categories:
         raise RecipeError(f"data.val_ann: categories {val_ds.categories} differ from the training ones {train_ds.categories}")
+    check_images(train_ds, val_ds)  # every image file reads: a bad one stops the run here, not midway
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every rank (DDP also broadcasts them)
     student = _build_student(recipe, train_ds)

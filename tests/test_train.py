@@ -269,8 +269,10 @@ def test_bad_annotation_and_undecodable_image(shapes: Path, tmp_path: Path, caps
     shutil.copy(shapes / "annotations" / "instances_val.json", data / "annotations" / "instances_val.json")
     for img in (data / "train").iterdir():
         img.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with pytest.raises(RuntimeError, match=r"cannot decode image file .*train"):
+    # Found before training starts (every file is checked), not when the first batch is read.
+    with pytest.raises(RuntimeError, match=r"12 of 18 image files under .*train.* cannot be read: .*train/000001.png \("):
         train(recipe_from_dict(tiny(data, tmp_path / "b", data={"root": str(data)})))
+    assert not (tmp_path / "b" / CHECKPOINT_FILE).exists()
     # The CLI reports recipe problems as one line, no traceback.
     bad = write(tmp_path / "bad.yaml", {**tiny(data, tmp_path / "c"), "schedul": {}})
     capsys.readouterr()
