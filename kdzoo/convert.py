@@ -31,6 +31,7 @@ CLI: ``python -m kdzoo.convert mmdet CKPT --arch NAME --out DIR [--num-classes N
 from __future__ import annotations
 
 import argparse
+import pickle
 import re
 import sys
 from collections import Counter, OrderedDict
@@ -278,6 +279,7 @@ def mmdet_to_kdzoo(state_dict: Mapping[str, Any], model: nn.Module) -> "OrderedD
 # MMEngine checkpoints may pickle logging and config objects next to the weights. They are
 # rebuilt as inert placeholders inside the weights-only unpickler, so nothing they name runs.
 _METADATA_PACKAGES = ("mmengine", "mmcv", "mmdet", "mmrazor", "numpy")
+_MAX_METADATA_GLOBALS = 64  # legacy files are read once per metadata class found: a bound on the retries
 
 
 class _Placeholder:
@@ -295,24 +297,66 @@ def _placeholder_for(qualified_name: str) -> type:
     return cls
 
 
+def _is_metadata(qualified_name: str) -> bool:
+    return qualified_name.split(".")[0] in _METADATA_PACKAGES
+
+
+def _refuse(path: Path, names: Sequence[str]) -> ValueError:
+    from .pretrained import _refusal_message
+
+    return ValueError(_refusal_message(path, list(names), also_allowed=" and MMDetection/MMEngine metadata"))
+
+
+def _load_with_placeholders(path: Path, names: list[str]) -> Any:
+    """``torch.load(weights_only=True)`` with the metadata classes ``names`` allowed as placeholders.
+
+    A legacy-format file cannot be listed beforehand (``get_unsafe_globals_in_checkpoint`` reads
+    zip files only), so its metadata classes are found by loading: the weights-only unpickler stops
+    at the first global it does not allow and names it; a metadata class is added as a placeholder
+    and the load starts again, anything else refuses the file. No refused global is ever created.
+    """
+    from .pretrained import _refused_global, _weights_only_reason
+
+    names = list(names)
+    for _ in range(_MAX_METADATA_GLOBALS):
+        try:
+            with torch.serialization.safe_globals([_placeholder_for(g) for g in names]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # torch's message advises weights_only=False: not passed on
+            name = _refused_global(e)
+            if name is None or name in names:
+                raise ValueError(f"{str(path)!r} could not be read as a weights-only checkpoint: "
+                                 f"{_weights_only_reason(e)}") from None
+            if not _is_metadata(name):
+                raise _refuse(path, [name]) from None
+            names.append(name)
+        except Exception as e:  # not a torch file, truncated, ...
+            raise ValueError(f"{str(path)!r} is not a readable torch checkpoint (zip or legacy format): {e}") from e
+    raise ValueError(f"{str(path)!r} pickles more than {_MAX_METADATA_GLOBALS} metadata classes "
+                     f"(e.g. {names[:5]}); refusing to load it")
+
+
 def read_mmdet_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of an MMDetection ``.pth`` file, read with ``weights_only=True``."""
+    """The ``state_dict`` of an MMDetection ``.pth`` file (``torch.save``'s zip format or the legacy
+    format of PyTorch < 1.6), read with ``weights_only=True``."""
+    from .pretrained import _ZIP_MAGIC
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:
-        raise ValueError(f"{str(path)!r} is not a torch checkpoint (zip format expected): {e}") from e
-    foreign = [g for g in unsafe if g.split(".")[0] not in _METADATA_PACKAGES]
-    if foreign:
-        raise ValueError(f"{str(path)!r} pickles objects outside the weights and MMDetection metadata "
-                         f"({foreign[:5]}); refusing to load it")
-    try:
-        with torch.serialization.safe_globals([_placeholder_for(g) for g in unsafe]):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{str(path)!r} could not be read as a weights-only checkpoint: {e}") from e
+    with open(path, "rb") as f:
+        zipped = f.read(4) == _ZIP_MAGIC
+    metadata: list[str] = []
+    if zipped:  # every global is listed up front: a refusal names all of them
+        try:
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception as e:
+            raise ValueError(f"{str(path)!r} is not a readable torch checkpoint: {e}") from e
+        foreign = [g for g in unsafe if not _is_metadata(g)]
+        if foreign:
+            raise _refuse(path, foreign)
+        metadata = list(unsafe)
+    checkpoint = _load_with_placeholders(path, metadata)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{str(path)!r} holds a {type(checkpoint).__name__}, expected a dict with a 'state_dict'")
     return dict(_unwrap(checkpoint))

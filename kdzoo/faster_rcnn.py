@@ -321,7 +321,9 @@ class RoIHead(nn.Module):
     @staticmethod
     def class_deltas(deltas: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The 4 deltas of class ``labels[r]`` in row ``r`` of class-specific ``deltas`` [R, 4C]; ``labels`` must be foreground."""
-        return deltas.view(len(deltas), -1, 4)[torch.arange(len(deltas), device=deltas.device), labels]
+        # unflatten, not view(len, -1, 4): with no positive RoI in the batch (no GT boxes, or only
+        # zero-area ones) R is 0 and view cannot infer the class dimension of an empty tensor.
+        return deltas.unflatten(1, (-1, 4))[torch.arange(len(deltas), device=deltas.device), labels]
 
     def loss(self, cls_logits: torch.Tensor, deltas: torch.Tensor, sampled: SampledRoIs) -> dict[str, torch.Tensor]:
         # MMDetection's BBoxHead: every sampled RoI of this process's batch, not averaged across processes.
@@ -334,7 +336,7 @@ class RoIHead(nn.Module):
 
     def decode(self, boxes: torch.Tensor, deltas: torch.Tensor, max_shape: tuple[int, int] | None = None) -> torch.Tensor:
         """RoI ``boxes`` [R, 4] and class-specific ``deltas`` [R, 4C] -> boxes [R, C, 4]."""
-        return self.coder.decode(boxes[:, None, :], deltas.view(len(deltas), -1, 4), max_shape)
+        return self.coder.decode(boxes[:, None, :], deltas.unflatten(1, (-1, 4)), max_shape)  # R may be 0
 
     @torch.no_grad()
     def predict(self, feats: list[torch.Tensor], proposals: list[torch.Tensor],

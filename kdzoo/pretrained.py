@@ -1,20 +1,29 @@
 """Weight sources as data (timm's ``PretrainedCfg``), and loading them into a detector.
 
 Sources are tried in this order: an in-memory ``state_dict``, a local ``file``, a Hugging Face
-Hub repo (``hf_hub_id``), a ``url`` (torch.hub's download and cache, sha256-prefix checked) and
-a Google Drive file id (``gdrive_id``, for releases that exist only on Drive, such as the CrossKD
-students). A Drive file is fetched once with `gdown <https://github.com/wkentaro/gdown>`_ (the
-optional ``kdzoo[gdrive]`` extra, which handles Drive's virus-scan confirmation page) into
+Hub repo (``hf_hub_id``), a ``url`` (downloaded once, sha256-prefix checked, into torch.hub's cache
+``torch.hub.get_dir()/checkpoints/<file name of the URL>``) and a Google Drive file id
+(``gdrive_id``, for releases that exist only on Drive, such as the CrossKD students). A Drive
+file is fetched once with `gdown <https://github.com/wkentaro/gdown>`_ (the optional
+``kdzoo[gdrive]`` extra, which handles Drive's virus-scan confirmation page) into
 ``torch.hub.get_dir()/checkpoints/<gdrive_filename>``, the cache URL weights use, and read from
-there on every later call without network. With ``HF_HUB_OFFLINE=1`` nothing is downloaded.
+there on every later call without network. With ``HF_HUB_OFFLINE=1`` nothing is downloaded: a
+file not in the cache is an error that says where to put a copy (or how to pass one with
+``pretrained_cfg_overlay=dict(file=PATH)``), as is a download that fails.
+
+Pickle checkpoints are always read with ``weights_only=True``; one that pickles anything but
+tensors (and, for MMDetection's files, MMEngine's metadata objects) is refused, never unpickled.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import urllib.error
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,7 +32,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["PretrainedCfg", "load_pretrained", "load_state_dict_checked", "gdrive_cache_path", "gdrive_url",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+           "url_cache_path", "read_weights_file", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 # MMDetection's pixel statistics (0..255 scale), used by its pytorch-style ResNet configs.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
@@ -42,7 +51,7 @@ class PretrainedCfg:
     hf_hub_id: str | None = None
     hf_hub_filename: str = "model.safetensors"
     url: str | None = None
-    url_hash: str | None = None  # sha256 prefix checked by torch.hub's download
+    url_hash: str | None = None  # sha256 prefix checked on download
     # A Google Drive file id, downloaded once (with gdown, the ``kdzoo[gdrive]`` extra) into the torch hub
     # cache as ``gdrive_filename`` (a plain file name; default ``<architecture>.<tag>.pth``).
     gdrive_id: str | None = None
@@ -96,6 +105,14 @@ def _resolve_filter(path: str | None) -> Callable[[dict, nn.Module], dict] | Non
 
 _MMDET_FILTER = "kdzoo.convert:mmdet_to_kdzoo"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+# torch.save's legacy format (PyTorch < 1.6, or _use_new_zipfile_serialization=False; early MMDetection
+# model-zoo files): it opens with its magic number pickled at protocol 2.
+_LEGACY_MAGIC = pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2)[:-1]
+
+
+def _is_torch_file_head(head: bytes) -> bool:
+    """Whether a file's first bytes are those of a ``torch.save`` file (zip or legacy format)."""
+    return head[:4] == _ZIP_MAGIC or head.startswith(_LEGACY_MAGIC)
 
 
 def _read_foreign_file(path: str | Path, cfg: PretrainedCfg) -> dict[str, torch.Tensor]:
@@ -103,12 +120,9 @@ def _read_foreign_file(path: str | Path, cfg: PretrainedCfg) -> dict[str, torch.
     logging objects as inert placeholders); anything else with :func:`read_weights_file`."""
     path = Path(path)
     if cfg.filter_fn == _MMDET_FILTER and path.suffix != ".safetensors" and path.is_file():
-        with open(path, "rb") as f:
-            zipped = f.read(4) == _ZIP_MAGIC
-        if zipped:
-            from .convert import read_mmdet_checkpoint
+        from .convert import read_mmdet_checkpoint
 
-            return read_mmdet_checkpoint(path)
+        return read_mmdet_checkpoint(path)
     return read_weights_file(path)
 
 
@@ -121,13 +135,11 @@ def _read_checkpoint(cfg: PretrainedCfg) -> dict[str, torch.Tensor]:
         from huggingface_hub import hf_hub_download
 
         return read_weights_file(hf_hub_download(cfg.hf_hub_id, cfg.hf_hub_filename))
-    if cfg.url:
-        return torch.hub.load_state_dict_from_url(
-            cfg.url, map_location="cpu", check_hash=bool(cfg.url_hash), weights_only=True
-        )
-    if cfg.gdrive_id:
-        path = _download_gdrive(cfg)
+    if cfg.url or cfg.gdrive_id:
+        path = _download_url(cfg) if cfg.url else _download_gdrive(cfg)
         try:
+            if cfg.url:
+                return _read_foreign_file(path, cfg)
             if path.suffix == ".safetensors":
                 return read_weights_file(path)
             from .convert import read_mmdet_checkpoint  # MMEngine's metadata objects read as inert placeholders
@@ -164,18 +176,56 @@ def gdrive_cache_path(cfg: PretrainedCfg) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / name
 
 
+def url_cache_path(cfg: PretrainedCfg) -> Path:
+    """Where the file at ``cfg.url`` is cached: ``torch.hub.get_dir()/checkpoints/<file name of the URL>``
+    (torch.hub's own place, so files it downloaded before are reused)."""
+    name = os.path.basename(urllib.parse.urlparse(cfg.url or "").path)
+    if not name or name in (".", ".."):
+        raise ValueError(f"the weights URL of {_display_name(cfg)} names no file: {cfg.url!r}")
+    return Path(torch.hub.get_dir()) / "checkpoints" / name
+
+
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _gdrive_help(cfg: PretrainedCfg, path: Path) -> str:
-    """The part of every Drive error that says where the file is and how to do without the download."""
+def _download_help(cfg: PretrainedCfg, path: Path) -> str:
+    """The part of every download error (URL or Drive) that says where the file is and how to do
+    without the download. The URL is named when there is one: it is the source tried first."""
     name = _display_name(cfg)
-    return (f"\n  model:      {name}"
-            f"\n  Drive file: {gdrive_url(cfg.gdrive_id)} (open it in a browser to download it by hand)"
+    if cfg.url:
+        source = f"\n  URL:        {cfg.url} (download it by hand, e.g. in a browser)"
+    else:
+        source = f"\n  Drive file: {gdrive_url(cfg.gdrive_id)} (open it in a browser to download it by hand)"
+    return (f"\n  model:      {name}" + source +
             f"\n  cache path: {path} (a copy placed there is used as is)"
             f"\n  local copy: kdzoo.create_detector({name!r}, pretrained=True, "
             "pretrained_cfg_overlay=dict(file=PATH))")
+
+
+def _download_url(cfg: PretrainedCfg) -> Path:
+    """The cached file of ``cfg.url``, downloaded first if it is not cached yet (with torch.hub's
+    downloader, which writes a temporary file next to the cache path and moves it into place only
+    once it is complete and its sha256 starts with ``cfg.url_hash``)."""
+    path = url_cache_path(cfg)
+    if path.is_file():
+        return path
+    name = _display_name(cfg)
+    host = urllib.parse.urlparse(cfg.url).netloc or cfg.url
+    if _offline():
+        raise ConnectionError(f"{name} is not cached and HF_HUB_OFFLINE is set, so it is not downloaded from "
+                              f"{host}." + _download_help(cfg, path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(cfg.url, str(path), hash_prefix=cfg.url_hash or None, progress=True)
+    except RuntimeError as e:  # the sha256 check (the partial file is removed)
+        raise ValueError(f"the file downloaded from {host} for {name} is not the expected one ({e}); it was "
+                         "discarded." + _download_help(cfg, path)) from e
+    except (OSError, ValueError) as e:  # URLError/HTTPError/timeouts are OSErrors; ValueError: a malformed URL
+        # URLError's own text wraps its reason in "<urlopen error ...>"; HTTPError's names the status.
+        reason = e.reason if isinstance(e, urllib.error.URLError) and not isinstance(e, urllib.error.HTTPError) else e
+        raise ConnectionError(f"downloading {name} from {host} failed: {reason}" + _download_help(cfg, path)) from e
+    return path
 
 
 def _html_title(head: bytes) -> str | None:
@@ -196,11 +246,11 @@ def _check_downloaded(tmp: Path, cfg: PretrainedCfg, path: Path) -> None:
             f"Google Drive answered an HTML page{f' ({title!r})' if title else ''} instead of the checkpoint of "
             f"{_display_name(cfg)}: the file may be over its download quota ('too many users have viewed or "
             "downloaded this file recently') or no longer shared; the page was discarded. Try again later or "
-            "download it by hand." + _gdrive_help(cfg, path))
-    if path.suffix != ".safetensors" and head[:4] != _ZIP_MAGIC:
+            "download it by hand." + _download_help(cfg, path))
+    if path.suffix != ".safetensors" and not _is_torch_file_head(head):
         raise ValueError(f"the file downloaded from Google Drive for {_display_name(cfg)} is not a torch "
                          f"checkpoint ({len(head)}+ bytes starting {head[:16]!r}); it was discarded."
-                         + _gdrive_help(cfg, path))
+                         + _download_help(cfg, path))
 
 
 def _download_gdrive(cfg: PretrainedCfg) -> Path:
@@ -216,12 +266,12 @@ def _download_gdrive(cfg: PretrainedCfg) -> Path:
     name = _display_name(cfg)
     if _offline():
         raise ConnectionError(f"{name} is not cached and HF_HUB_OFFLINE is set, so it is not downloaded from "
-                              "Google Drive." + _gdrive_help(cfg, path))
+                              "Google Drive." + _download_help(cfg, path))
     try:
         import gdown
     except ImportError as e:
         raise ImportError(f"downloading {name} from Google Drive needs gdown: pip install 'kdzoo[gdrive]' "
-                          "(or pip install gdown)." + _gdrive_help(cfg, path)) from e
+                          "(or pip install gdown)." + _download_help(cfg, path)) from e
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".download"))
     try:
@@ -229,9 +279,9 @@ def _download_gdrive(cfg: PretrainedCfg) -> Path:
         try:
             gdown.download(id=cfg.gdrive_id, output=str(tmp), quiet=False)
         except Exception as e:  # gdown's FileURLRetrievalError / DownloadError, requests' network errors
-            raise ConnectionError(f"downloading {name} from Google Drive failed: {e}" + _gdrive_help(cfg, path)) from e
+            raise ConnectionError(f"downloading {name} from Google Drive failed: {e}" + _download_help(cfg, path)) from e
         if not tmp.is_file():
-            raise ConnectionError(f"gdown reported success but wrote no file for {name}." + _gdrive_help(cfg, path))
+            raise ConnectionError(f"gdown reported success but wrote no file for {name}." + _download_help(cfg, path))
         _check_downloaded(tmp, cfg, path)
         os.replace(tmp, path)
     finally:
@@ -255,8 +305,45 @@ def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
                              "it may be truncated or corrupt") from e
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle errors come in many types
+    except pickle.UnpicklingError as e:
+        # torch's message advises loading again with weights_only=False, which runs whatever the file
+        # pickled: neither its advice nor the chained error is passed on.
+        name = _refused_global(e)
+        if name is not None:
+            raise ValueError(_refusal_message(path, [name])) from None
+        raise ValueError(f"{str(path)!r} could not be read as a weights-only torch checkpoint: "
+                         f"{_weights_only_reason(e)}") from None
+    except Exception as e:  # a truncated or foreign file: zip or pickle errors of many types
         raise ValueError(f"{str(path)!r} could not be read as a weights-only torch checkpoint: {e}") from e
+
+
+# torch's weights-only unpickler names the global it will not load in its UnpicklingError.
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)")
+
+
+def _refused_global(error: BaseException) -> str | None:
+    """The dotted name of the global a ``weights_only=True`` load refused, or None."""
+    m = _REFUSED_GLOBAL.search(str(error))
+    return m.group(1) if m else None
+
+
+def _weights_only_reason(error: BaseException) -> str:
+    """Why a ``weights_only=True`` load failed, without torch's advice to turn the check off."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    m = re.search(r"WeightsUnpickler error:\s*(.*?)(?: Please use `torch\.serialization|\n|$)", text)
+    if m:
+        return m.group(1).strip()
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if first and "weights_only" not in text else type(error).__name__
+
+
+def _refusal_message(path: str | Path, names: list[str], also_allowed: str = "") -> str:
+    """Why a pickle checkpoint is refused and what to do instead (never: turn the weights-only check off)."""
+    return (f"refusing to load {str(path)!r}: it pickles objects other than tensors{also_allowed} "
+            f"({', '.join(names[:5])}{', ...' if len(names) > 5 else ''}), and unpickling them could run code of "
+            "the file's choosing. Where the file was made, save its weights as safetensors "
+            "(safetensors.torch.save_file(model.state_dict(), 'model.safetensors')) or as a state dict of "
+            "tensors only, and load that file.")
 
 
 def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
