@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -72,6 +73,9 @@ def embed_run(run_dir: str | Path, name: str, out: str | Path = WEIGHTS_DIR, *, 
         lineage["teacher"] = teacher
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the embedded folder follows the user's umask
     try:
         save_pretrained(model, staging, metrics=metrics, lineage=lineage,
                         recipe_path=recipe if recipe.is_file() else None,

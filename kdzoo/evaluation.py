@@ -217,6 +217,9 @@ def save_results_json(path: str | Path, results: list[dict[str, Any]]) -> Path:
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(results, f)
+        mask = os.umask(0o022)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600: follow the user's umask
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

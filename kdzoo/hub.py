@@ -3,8 +3,13 @@
 A kdzoo model directory (what :func:`save_pretrained` and ``python -m kdzoo.train`` write) holds
 
 * ``model.safetensors``: the plain state dict;
-* ``config.json``: ``{"architecture": arch, "kwargs": build kwargs, "pretrained_cfg": {...}}``, so
-  ``create_detector(architecture, **kwargs)`` rebuilds the model;
+* ``config.json``: ``{"architecture": arch, "kwargs": build kwargs, "published_weights": bool,
+  "pretrained_cfg": {...}}``, so ``create_detector(architecture, **kwargs)`` rebuilds the model.
+  ``published_weights`` is true only for unchanged published weights (``kdzoo.convert``): only then
+  does ``pretrained_cfg`` keep the published claims (box AP, source, paper, notes, lineage) of the
+  registry tag the model was built from. A config without the key (a training run's, or an older
+  save) is trusted only when it looks like :func:`save_pretrained` wrote it; otherwise those claims
+  are dropped on load, and the recorded input size is always the one the model really uses;
 * ``README.md`` (published directories): the model card, with a ``model-index`` of measured AP;
 * a run directory also has ``recipe.yaml`` and ``metrics.jsonl`` (one JSON object per line; eval
   records carry ``"AP"``, COCO box AP in percent, and optionally ``AP50`` ... ``APl``, ``dataset``).
@@ -31,12 +36,18 @@ import torch.nn as nn
 from .pretrained import PretrainedCfg, load_state_dict_checked, read_weights_file
 
 __all__ = ["load_from_source", "save_pretrained", "push_to_hub", "stage_run_dir", "model_card", "read_config",
-           "last_eval_metrics", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "last_eval_metrics", "run_config", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _SOURCE_FIELDS = ("file", "hf_hub_id", "url", "url_hash", "filter_fn")  # where weights came from, not what they are
 _PUBLISHED_FIELDS = ("box_ap", "ap_dataset", "source")  # claims that only hold for unchanged weights
+# Everything a registry tag says about *its* weights; a model built from the tag but holding other
+# weights (trained, fine-tuned) keeps none of it. The license is kept: trained weights do not shed
+# the terms of weights they started from, and the architecture's own default is the same.
+_CLAIM_FIELDS = _PUBLISHED_FIELDS + ("paper", "notes", "teacher", "distill_method")
+_WEIGHT_FIELDS = ("file", "hf_hub_id", "url")  # save_pretrained never stores these; a training run's config does
+PUBLISHED_KEY = "published_weights"
 _METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
@@ -126,24 +137,93 @@ def load_from_source(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Mo
                          "upgrade kdzoo or import the module that registers it")
     build_kwargs = {**_tuples(config.get("kwargs", {})), **kwargs}
     overlay = {**_cfg_overlay(config.get("pretrained_cfg", {})), **{f: None for f in _SOURCE_FIELDS}, **origin}
+    if not _claims_trusted(config, kind, config_path):
+        overlay.update({f: None for f in _CLAIM_FIELDS})
     stored_classes = config.get("kwargs", {}).get("num_classes", overlay.get("num_classes"))
     if pretrained and "num_classes" in kwargs and stored_classes is not None and kwargs["num_classes"] != stored_classes:
         raise ValueError(f"{name!r} holds weights for {stored_classes} classes, got num_classes={kwargs['num_classes']}; "
                          "load with pretrained=False to train a new head")
     model = create_detector(arch, pretrained=False, pretrained_cfg_overlay=overlay, **build_kwargs)
+    model.pretrained_cfg = dataclasses.replace(model.pretrained_cfg, **_as_built(model))
     if pretrained:
         weights_path = weights()
         load_state_dict_checked(model, read_weights_file(weights_path), source=f"{name} ({Path(weights_path).name})")
     return model
 
 
+def _claims_trusted(config: Mapping[str, Any], kind: str, config_path: str | Path) -> bool:
+    """Whether the published claims in ``config['pretrained_cfg']`` describe the stored weights.
+
+    :func:`save_pretrained` records ``published_weights`` and has already dropped claims that are
+    not the weights' own. Without the key: a training run's config copies the registry tag's whole
+    config, weight location included (``file``/``hf_hub_id``/``url``), and has no model card beside
+    it; only a config with neither sign (an older :func:`save_pretrained`) is trusted."""
+    if PUBLISHED_KEY in config:
+        return True
+    stored = config.get("pretrained_cfg", {})
+    if any(stored.get(f) for f in _WEIGHT_FIELDS):
+        return False
+    return kind == "hf-hub" or (Path(config_path).parent / "README.md").is_file()
+
+
+def _as_built(model: nn.Module) -> dict[str, Any]:
+    """Config fields that must describe the model as it is built (class count, input size), whatever
+    the registry tag it came from says."""
+    fields: dict[str, Any] = {"num_classes": model.num_classes}
+    size = getattr(getattr(model, "transform", None), "size", None)
+    if size:
+        fields["input_size"] = tuple(int(v) for v in size)
+    return fields
+
+
+def _arch(model: nn.Module) -> str:
+    from .registry import is_detector
+
+    arch = getattr(model, "arch_name", "")
+    if not arch or not is_detector(arch):
+        raise ValueError(f"model has arch_name={arch!r}, not a registered architecture; "
+                         "build it with kdzoo.create_detector() so it can be rebuilt from config.json")
+    return arch
+
+
+def _own_cfg(model: nn.Module, keep_published: bool) -> PretrainedCfg:
+    """The model's pretrained config as it describes the model's current weights: no weight location,
+    its own class count and input size, and the registry tag's claims only when ``keep_published``."""
+    cfg: PretrainedCfg = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
+    updates: dict[str, Any] = {f: None for f in _SOURCE_FIELDS}
+    updates.update(architecture=_arch(model), **_as_built(model))
+    if not keep_published:
+        updates.update({f: None for f in _CLAIM_FIELDS})
+    return dataclasses.replace(cfg, **updates)
+
+
+def _config(model: nn.Module, cfg: PretrainedCfg, keep_published: bool) -> dict[str, Any]:
+    return {"architecture": _arch(model), "kwargs": _jsonable(dict(getattr(model, "build_kwargs", {})), "build_kwargs"),
+            PUBLISHED_KEY: bool(keep_published), "pretrained_cfg": _jsonable(cfg.to_dict(), "pretrained_cfg")}
+
+
+def run_config(model: nn.Module, *, keep_published: bool = False) -> dict[str, Any]:
+    """The ``config.json`` content for ``model`` (what :func:`save_pretrained` writes without metrics
+    or lineage): architecture, build kwargs, ``published_weights`` and a pretrained config that
+    describes these weights. A training run's weights are its own: leave ``keep_published`` False."""
+    return _config(model, _own_cfg(model, keep_published), keep_published)
+
+
 # ------------------------------------------------------------------------------- saving
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, write: Any) -> None:
-    """``write(tmp_path)`` then rename, so an interrupted save never leaves a half-written file."""
+    """``write(tmp_path)`` then rename, so an interrupted save never leaves a half-written file.
+    The file gets the permissions the user's umask gives (``mkstemp`` alone leaves 0600)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -196,23 +276,16 @@ def save_pretrained(
     ``metrics``: measured results, ``{"AP": 41.2, "AP50": ..., "dataset": "coco"}`` (percent);
     they become ``pretrained_cfg.box_ap`` and the card's ``model-index``. ``lineage``:
     ``{"teacher": ..., "method": ...}``; with ``recipe_path`` the recipe is copied as
-    ``recipe.yaml`` and its sha256 recorded. ``keep_published=True`` keeps the published AP of
-    the model's pretrained config (only right when the weights are those published ones).
+    ``recipe.yaml`` and its sha256 recorded. ``keep_published=True`` keeps the published AP, source,
+    paper, notes and lineage of the model's pretrained config (only right when the weights are those
+    published ones, as ``kdzoo.convert`` writes them); otherwise none of them is kept. The recorded
+    input size is always the model's own.
     """
-    from .registry import is_detector
-
-    arch = getattr(model, "arch_name", "")
-    if not arch or not is_detector(arch):
-        raise ValueError(f"model has arch_name={arch!r}, not a registered architecture; "
-                         "build it with kdzoo.create_detector() so it can be rebuilt from config.json")
+    cfg = _own_cfg(model, keep_published)
     build_kwargs = _jsonable(dict(getattr(model, "build_kwargs", {})), "build_kwargs")
     out = Path(save_directory)
     out.mkdir(parents=True, exist_ok=True)
-    cfg: PretrainedCfg = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
-    updates: dict[str, Any] = {f: None for f in _SOURCE_FIELDS}
-    updates.update(architecture=arch, num_classes=model.num_classes)
-    if not keep_published:
-        updates.update({f: None for f in _PUBLISHED_FIELDS})
+    updates: dict[str, Any] = {}
     ap = _headline(metrics)
     if ap is not None:
         updates.update(box_ap=round(ap, 2), ap_dataset=str(metrics.get("dataset") or "unspecified"),
@@ -238,7 +311,7 @@ def save_pretrained(
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     _write_atomic(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    config = {"architecture": arch, "kwargs": build_kwargs, "pretrained_cfg": _jsonable(cfg.to_dict(), "pretrained_cfg")}
+    config = _config(model, cfg, keep_published)
     _write_atomic(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     card = model_card(cfg, build_kwargs, metrics=metrics, lineage=lineage, repo_id=repo_id, license=license,
                       num_params=sum(t.numel() for t in tensors.values()))

@@ -3,27 +3,38 @@ command-line overrides, and saving the resolved recipe next to a run.
 
 Every key is checked: an unknown or mistyped key fails with its dotted path, close matches
 and the allowed keys; a value of the wrong type names the key, the expected type and what
-was given. Paths in ``data`` are checked by :meth:`Recipe.check_paths` (the engine calls it
-after generating the shapes dataset where the recipe asks for one).
+was given. The free-form ``model.kwargs``, ``teacher.kwargs`` and ``distill.options`` are checked
+against the keyword arguments their builder accepts (:func:`builder_kwargs`). Paths in ``data`` are
+checked by :meth:`Recipe.check_paths` (the engine calls it after generating the shapes dataset where
+the recipe asks for one).
+
+:func:`resume_changes` lists what a recipe changes relative to the one a checkpoint was trained
+with, leaving out the keys in :data:`RESUME_SAFE_KEYS`; ``kdzoo.train --resume`` refuses the others.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
+import json
 import os
 import re
 import tempfile
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal, Mapping
 
 import yaml
 
 __all__ = [
     "Recipe", "ModelCfg", "DataCfg", "ShapesCfg", "ScheduleCfg", "TeacherCfg", "DistillCfg",
     "RecipeError", "load_recipe", "recipe_from_dict", "parse_overrides", "apply_overrides", "save_recipe",
+    "builder_kwargs", "resume_changes", "format_value", "current_umask", "RESUME_SAFE_KEYS",
 ]
 
 
@@ -170,7 +181,48 @@ class Recipe:
                 raise RecipeError("teacher.name is required when teacher.checkpoint is not a run directory")
             if not self.distill.method:
                 raise RecipeError("distill.method is required (e.g. 'crosskd')")
+        self.check_kwargs()
         return self
+
+    def check_kwargs(self) -> None:
+        """Check ``model.kwargs``, ``teacher.kwargs`` and ``distill.options`` against the keyword
+        arguments of the registered builder / the distiller, so that a typo fails when the recipe is
+        loaded rather than after the datasets are built."""
+        from .registry import is_detector, list_detectors
+
+        def arch_of(name: str, key: str) -> str | None:
+            if name.startswith(("hf-hub:", "local-dir:")):
+                return None  # the architecture is in a config.json that may not be reachable yet
+            if not is_detector(name):
+                arch = name.partition(".")[0]
+                close = difflib.get_close_matches(arch, list_detectors(), n=3, cutoff=0.6)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise RecipeError(f"{key}: unknown detector {arch!r}.{hint} See kdzoo.list_detectors() for all names.")
+            return name
+
+        arch = arch_of(self.model.name, "model.name")
+        if arch is not None:
+            _check_names(self.model.kwargs, builder_kwargs(arch), "model.kwargs", f"detector {arch!r}")
+        t = self.teacher
+        if t is not None:
+            if t.name:
+                arch = arch_of(t.name, "teacher.name")
+            else:  # a run directory: its config.json names the architecture (kdzoo.hub explains an unknown one)
+                arch = _run_dir_architecture(t.checkpoint)
+                arch = arch if arch and is_detector(arch) else None
+            if arch is not None:
+                _check_names(t.kwargs, builder_kwargs(arch), "teacher.kwargs", f"detector {arch!r}")
+        if self.distill is not None:
+            from .distill import _DISTILLERS, list_distillers
+
+            method = self.distill.method
+            if method not in _DISTILLERS:
+                close = difflib.get_close_matches(method, list_distillers(), n=3, cutoff=0.6)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise RecipeError(f"distill.method: unknown distillation method {method!r}.{hint} "
+                                  f"Available: {', '.join(list_distillers())}")
+            _check_names(self.distill.options, _callable_kwargs(_DISTILLERS[method], skip=("student", "teacher")),
+                         "distill.options", f"distiller {method!r}")
 
     def check_paths(self) -> None:
         """Fail early, naming the recipe key, when a data path does not exist."""
@@ -188,6 +240,219 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- builder kwargs
+def _check_names(given: Mapping[str, Any], allowed: frozenset[str] | None, key: str, what: str) -> None:
+    if allowed is None:  # the builder's keyword arguments could not be determined: leave it to the builder
+        return
+    for name in given:
+        if name not in allowed:
+            close = difflib.get_close_matches(str(name), sorted(allowed), n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise RecipeError(f"{key}.{name}: {what} takes no keyword argument {name!r}.{hint} "
+                              f"Allowed: {', '.join(sorted(allowed))}")
+
+
+def _run_dir_architecture(checkpoint: str) -> str:
+    """The architecture in a teacher run directory's config.json; '' when it cannot be read (yet)."""
+    try:
+        return str(json.loads((Path(checkpoint) / "config.json").read_text()).get("architecture") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+# create_detector passes these to every builder itself; a recipe cannot give them as kwargs.
+_CREATE_DETECTOR_ARGS = frozenset({"pretrained", "pretrained_cfg"})
+
+
+def builder_kwargs(name: str) -> frozenset[str] | None:
+    """The keyword arguments ``kdzoo.create_detector(name, **kwargs)`` accepts: the registered
+    builder's own, followed through every call that forwards its ``**kwargs`` (e.g. a family's
+    ``_create`` -> ``build_dense_detector`` -> the head class' ``__init__`` -> ``DenseHead.__init__``),
+    less the arguments each caller already passes itself. ``None`` when the chain cannot be
+    followed (a ``**kwargs`` consumed in place, or a callee that cannot be resolved statically)."""
+    from . import registry
+
+    builder = getattr(registry, "_entrypoints", {}).get(name.partition(".")[0])
+    if builder is None:
+        return None
+    names = _callable_kwargs(builder)
+    return None if names is None else names - _CREATE_DETECTOR_ARGS
+
+
+def _callable_kwargs(obj: Any, skip: tuple[str, ...] = ()) -> frozenset[str] | None:
+    names = _accepted(obj, (), 0)
+    return None if names is None else names - frozenset(skip)
+
+
+_NOT_FOUND = object()
+
+
+@functools.lru_cache(maxsize=None)
+def _accepted(obj: Any, bound: tuple[tuple[str, Any], ...], depth: int) -> frozenset[str] | None:
+    """Keyword names ``obj`` (a function, or a class through its ``__init__``) accepts. ``bound``:
+    parameters whose value the caller passed (a head class given to ``build_dense_detector``)."""
+    if depth > 12:
+        return None
+    owner: type | None = None
+    if isinstance(obj, type):
+        owner = next((c for c in obj.__mro__ if "__init__" in c.__dict__), object)
+        if owner is object:
+            return frozenset()
+        fn, concrete = owner.__dict__["__init__"], obj
+    elif isinstance(obj, tuple):  # (function, defining class, concrete class): a method reached by super()
+        fn, owner, concrete = obj
+    elif inspect.isfunction(obj):
+        fn, concrete = obj, None
+    else:
+        return None
+    fn = inspect.unwrap(fn)
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if owner is not None:
+        params = params[1:]  # self
+    P = inspect.Parameter
+    names = {p.name for p in params if p.kind in (P.POSITIONAL_OR_KEYWORD, P.KEYWORD_ONLY)}
+    var_kw = next((p.name for p in params if p.kind == P.VAR_KEYWORD), None)
+    if var_kw is None:
+        return frozenset(names)
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and any(k.arg is None and isinstance(k.value, ast.Name) and k.value.id == var_kw for k in node.keywords)]
+    if not calls:
+        return None  # the **kwargs are used in place: any name may be meant
+    env = dict(bound)
+    for call in calls:
+        target = _resolve(call.func, fn, env, owner, concrete)
+        if target is None or any(isinstance(a, ast.Starred) for a in call.args):
+            return None
+        positional = _positional_params(target)
+        if positional is None or len(call.args) > len(positional):
+            return None
+        passed = {}
+        for param, arg in zip(positional, call.args):
+            value = _resolve(arg, fn, env, owner, concrete)
+            if isinstance(value, type):
+                passed[param] = value
+        sub = _accepted(target, tuple(sorted(passed.items(), key=lambda kv: kv[0])), depth + 1)
+        if sub is None:
+            return None
+        names |= sub - {k.arg for k in call.keywords if k.arg} - set(positional[:len(call.args)])
+    return frozenset(names)
+
+
+def _positional_params(target: Any) -> list[str] | None:
+    if isinstance(target, type):
+        owner = next((c for c in target.__mro__ if "__init__" in c.__dict__), object)
+        fn, method = owner.__dict__.get("__init__"), True
+    elif isinstance(target, tuple):
+        fn, method = target[0], True
+    else:
+        fn, method = target, False
+    try:
+        params = list(inspect.signature(inspect.unwrap(fn)).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    P = inspect.Parameter
+    return [p.name for p in params[1 if method else 0:] if p.kind in (P.POSITIONAL_ONLY, P.POSITIONAL_OR_KEYWORD)]
+
+
+def _resolve(node: ast.expr, fn: Callable[..., Any], env: dict[str, Any], owner: type | None,
+             concrete: type | None) -> Any:
+    """The object a call's function (or argument) expression names, as far as it is static:
+    a bound parameter, a global of ``fn``'s module, an attribute of one, or ``super().method``."""
+    if isinstance(node, ast.Name):
+        if node.id in env:
+            return env[node.id]
+        value = fn.__globals__.get(node.id, _NOT_FOUND)
+        return None if value is _NOT_FOUND else value
+    if isinstance(node, ast.Attribute):
+        base = node.value
+        if isinstance(base, ast.Call) and isinstance(base.func, ast.Name) and base.func.id == "super" and not base.args:
+            if owner is None or concrete is None:
+                return None
+            mro = concrete.__mro__
+            for cls in mro[mro.index(owner) + 1:]:
+                if node.attr in cls.__dict__:
+                    method = cls.__dict__[node.attr]
+                    return (method, cls, concrete) if inspect.isfunction(method) else None
+            return None
+        parent = _resolve(base, fn, env, owner, concrete)
+        if parent is None or not isinstance(parent, types.ModuleType):
+            return None
+        return getattr(parent, node.attr, None)
+    return None
+
+
+# --------------------------------------------------------------------------- resume
+#: Top-level keys a resumed run may change: where and how often it logs, evaluates and saves,
+#: and how it loads data. Every other key (model, data, schedule, batch_size, seed, amp, teacher,
+#: distill) defines the run, and ``--resume`` refuses a change to it.
+RESUME_SAFE_KEYS = frozenset({"output_dir", "workers", "device", "log_interval", "checkpoint_interval",
+                              "eval_interval", "eval_batch_size"})
+
+_ABSENT = object()
+
+# Paths given relative in one invocation and absolute in another (``make run`` and the benchmarks
+# share run directories) name the same run when they name the same file.
+_PATH_KEYS = frozenset({"data.root", "teacher.checkpoint"})
+
+
+def _same_path(a: Any, b: Any) -> bool:
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def resume_changes(stored: Mapping[str, Any], recipe: "Recipe") -> list[tuple[str, Any, Any]]:
+    """``(dotted key, stored value, new value)`` for each key of ``recipe`` that differs from the
+    ``stored`` recipe (a :meth:`Recipe.to_dict`) and is not in :data:`RESUME_SAFE_KEYS`. Keys the
+    stored recipe predates take their defaults; a missing key reads as ``_ABSENT``."""
+    try:  # fill in the defaults of keys added since the checkpoint was written
+        old: Any = _build(Recipe, _fix_yaml_floats(dict(stored))).to_dict()
+    except (RecipeError, TypeError):
+        old = dict(stored)
+    out: list[tuple[str, Any, Any]] = []
+    _diff(old, recipe.to_dict(), "", out)
+    return [(k, a, b) for k, a, b in out
+            if k.partition(".")[0] not in RESUME_SAFE_KEYS and not (k in _PATH_KEYS and _same_path(a, b))]
+
+
+def _diff(old: Any, new: Any, prefix: str, out: list[tuple[str, Any, Any]]) -> None:
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in [*old, *(k for k in new if k not in old)]:
+            _diff(old.get(key, _ABSENT), new.get(key, _ABSENT), f"{prefix}.{key}" if prefix else str(key), out)
+    elif _normalise(old) != _normalise(new):
+        out.append((prefix, old, new))
+
+
+def _normalise(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _normalise(v) for k, v in value.items()}
+    return value
+
+
+def format_value(value: Any) -> str:
+    """A recipe value as it reads in a message: YAML-like scalars, ``(absent)`` for a missing key."""
+    if value is _ABSENT:
+        return "(absent)"
+    if isinstance(value, str):
+        return repr(value)
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return repr(value)
 
 
 # --------------------------------------------------------------------------- typed loading
@@ -346,8 +611,9 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write the resolved recipe (temp file + rename: never a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; give it the mode open() would
         with os.fdopen(fd, "w") as f:
             yaml.safe_dump(recipe.to_dict(), f, sort_keys=False)
         os.replace(tmp, path)
@@ -355,3 +621,10 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def current_umask() -> int:
+    """The process umask (``os.umask`` can only be read by setting it, so it is set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

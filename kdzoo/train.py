@@ -12,6 +12,14 @@ directory (``output_dir``) receives:
   (``kdzoo.eval.load_run_dir``); for a distillation run, the plain student;
 - ``eval.json`` (metrics, per-class AP) and ``results.json`` (COCO detections).
 
+Every file is written with the mode the user's umask gives (``0644`` under umask ``022``).
+
+``--resume`` continues only the run the checkpoint belongs to: the resolved recipe is compared with
+the one stored in the checkpoint (or, for an older checkpoint, the run's ``recipe.yaml``), and a
+change to a key that alters the run (model, data, schedule, batch size, seed, amp, teacher, distill)
+is refused with the changed keys, before anything in the run directory is written. Keys in
+:data:`kdzoo.recipe.RESUME_SAFE_KEYS` (``log_interval``, ``workers``, ``output_dir`` ...) may change.
+
 Learning rate: the recipe's ``schedule.lr`` is used as given, unless ``schedule.base_batch_size``
 is set; then it is scaled linearly to the total batch ``batch_size x processes`` (Goyal et al.,
 MMDetection's ``auto_scale_lr``): lr 0.01 for base 16 on 2 processes x batch 4 gives 0.005.
@@ -24,6 +32,7 @@ import dataclasses
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import tempfile
@@ -37,18 +46,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+import yaml
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .data.coco import CocoDetection, check_images, collate_fn
 from .dist import is_distributed, rank, world_size
-from .eval import CONFIG_FILE, WEIGHTS_FILE, evaluate, load_run_dir
+from .eval import CONFIG_FILE, WEIGHTS_FILE, evaluate
 from .evaluation import format_table, save_results_json
-from .recipe import Recipe, RecipeError, ScheduleCfg, load_recipe, save_recipe
+from .pretrained import load_state_dict_checked, read_weights_file
+from .recipe import (RESUME_SAFE_KEYS, Recipe, RecipeError, ScheduleCfg, current_umask, format_value, load_recipe,
+                     resume_changes, save_recipe)
 from .registry import create_detector
 
-__all__ = ["train", "lr_factor", "build_optimizer", "NonFiniteLossError", "WeightsUnavailableError", "main",
-           "CHECKPOINT_FILE"]
+__all__ = ["train", "lr_factor", "build_optimizer", "NonFiniteLossError", "WeightsUnavailableError",
+           "CheckpointError", "main", "CHECKPOINT_FILE"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -60,6 +72,10 @@ class NonFiniteLossError(RuntimeError):
 
 class WeightsUnavailableError(RuntimeError):
     """Pretrained weights the recipe asks for cannot be loaded (no network, no cache)."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint (the run's own, or the teacher's) cannot be read or does not fit the model."""
 
 
 # --------------------------------------------------------------------------- schedule
@@ -108,9 +124,7 @@ def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp creates 0600; give the file the usual permissions
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -123,11 +137,12 @@ def save_weights(state_dict: dict[str, torch.Tensor], model: nn.Module, run_dir:
     """``model.safetensors`` + ``config.json`` {architecture, kwargs, pretrained_cfg}."""
     from safetensors.torch import save_file
 
+    from .hub import run_config
+
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
     _atomic_write(run_dir / WEIGHTS_FILE, lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    config = {"architecture": model.arch_name, "kwargs": model.build_kwargs,
-              "pretrained_cfg": model.pretrained_cfg.to_dict()}
-    text = json.dumps(config, indent=2, default=list)
+    # The run's own weights: no published AP or input size of the architecture's default tag.
+    text = json.dumps(run_config(model), indent=2, default=list)
 
     def write(p: str) -> None:
         Path(p).write_text(text)
@@ -224,18 +239,100 @@ def _build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
     assert t is not None
     ckpt = Path(t.checkpoint) if t.checkpoint else None
     if ckpt is not None and ckpt.is_dir():
-        teacher = load_run_dir(ckpt, **t.kwargs)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (ckpt / name).is_file():
+                raise FileNotFoundError(f"teacher.checkpoint: {ckpt} is not a finished kdzoo run directory: {name} "
+                                        f"is missing (expected {CONFIG_FILE} + {WEIGHTS_FILE}, written at the end of kdzoo.train)")
+        teacher = create_detector(f"local-dir:{ckpt}", pretrained=False, **t.kwargs)
         if t.name and teacher.arch_name != t.name.partition(".")[0]:
             raise RecipeError(f"teacher.name is {t.name!r} but the run directory {ckpt} holds a {teacher.arch_name!r}")
+        weights = ckpt / WEIGHTS_FILE
+        try:
+            state = read_weights_file(weights)
+        except ValueError as e:
+            raise CheckpointError(f"teacher checkpoint {weights} (teacher.checkpoint) cannot be read: {e}. "
+                                  "Retrain or restore the teacher run.") from e
+        if not _fits(teacher, state):
+            _mismatch(teacher, state, f"the teacher checkpoint {weights} (teacher.checkpoint)",
+                      f"the teacher is built from {ckpt / CONFIG_FILE}, a {teacher.arch_name!r}")
+        teacher.load_state_dict(state)
+    elif ckpt is not None:  # a bare weights file: its head is assumed to be the dataset's size unless told
+        kwargs = dict(t.kwargs)
+        kwargs.setdefault("num_classes", num_classes)
+        try:
+            teacher = create_detector(t.name, pretrained=True, pretrained_cfg_overlay={"file": str(ckpt)}, **kwargs)
+        except (RuntimeError, ValueError) as e:
+            # load_pretrained's message names the architecture but neither the file nor its role.
+            raise CheckpointError(f"the teacher checkpoint {ckpt} (teacher.checkpoint) does not load into "
+                                  f"teacher.name {t.name!r}: {e}") from e
     else:
-        overlay, kwargs = None, dict(t.kwargs)
-        if ckpt is not None:  # a bare weights file: its head is assumed to be the dataset's size unless told
-            overlay = {"file": str(ckpt)}
-            kwargs.setdefault("num_classes", num_classes)
-        teacher = create_detector(t.name, pretrained=True, pretrained_cfg_overlay=overlay, **kwargs)
+        teacher = create_detector(t.name, pretrained=True, **t.kwargs)
     if teacher.num_classes != num_classes:
         raise RecipeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}")
     return teacher
+
+
+def _fits(model: nn.Module, state: dict[str, torch.Tensor]) -> bool:
+    own = model.state_dict()
+    return set(own) == set(state) and all(tuple(own[k].shape) == tuple(state[k].shape) for k in own)
+
+
+def _mismatch(model: nn.Module, state: dict[str, torch.Tensor], source: str, built_from: str) -> None:
+    """Raise a CheckpointError with ``source`` (the file and whose checkpoint it is) and
+    load_state_dict_checked's summary of the missing, unexpected and mis-shaped keys."""
+    try:
+        load_state_dict_checked(model, state, source=source)
+    except RuntimeError as e:
+        raise CheckpointError(f"{e}\n  ({built_from}; was the file written by another architecture or width?)") from None
+    raise AssertionError("unreachable: the state was checked not to fit")
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The run's checkpoint, or a CheckpointError naming the file and what to do."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # readable, but it holds objects a weights-only load refuses
+        raise CheckpointError(
+            f"{path} is not a checkpoint kdzoo.train can resume from: a weights-only load refuses it "
+            f"({_first_sentence(e)}). Restore the run's own checkpoint, or delete it to restart the run "
+            "from iteration 0.") from None
+    except Exception as e:  # zip, pickle and EOF errors come in many types
+        raise CheckpointError(
+            f"{path} is truncated or corrupt and cannot be resumed from ({type(e).__name__}: {_first_sentence(e)}). "
+            f"Restore it from a copy, or delete it to restart the run from iteration 0 (run again with --resume).") from e
+    missing = [k for k in ("model", "optimizer", "iteration", "rng") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a kdzoo.train checkpoint (no {', '.join(missing)}); restore the run's "
+                              "checkpoint or delete it to restart the run from iteration 0")
+    return state
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = (str(error).strip().splitlines() or [""])[0]
+    return text.split(". ")[0].rstrip(".") or type(error).__name__
+
+
+def _check_resume_recipe(recipe: Recipe, state: dict[str, Any], ckpt_path: Path) -> None:
+    """Refuse to resume ``ckpt_path`` with a recipe that changes the run it belongs to."""
+    stored, origin = state.get("recipe"), ""
+    if not isinstance(stored, dict):  # written before checkpoints carried their recipe
+        saved = ckpt_path.parent / "recipe.yaml"
+        try:
+            stored, origin = yaml.safe_load(saved.read_text()), f" (as recorded in {saved})"
+        except (OSError, yaml.YAMLError):
+            stored = None
+    if not isinstance(stored, dict):
+        if rank() == 0:
+            print(f"warning: neither {ckpt_path} nor recipe.yaml next to it records the run's recipe; "
+                  "the resumed recipe cannot be checked against it", file=sys.stderr)
+        return
+    changes = resume_changes(stored, recipe)
+    if changes:
+        lines = "\n".join(f"  {key}: {format_value(old)} -> {format_value(new)}" for key, old, new in changes)
+        raise RecipeError(
+            f"--resume: the recipe changes the run that {ckpt_path} belongs to{origin}:\n{lines}\n"
+            f"Resume with the recorded values, or start a new run in another output_dir. Only "
+            f"{', '.join(sorted(RESUME_SAFE_KEYS))} may change on resume.")
 
 
 def _init_distributed(device: torch.device) -> None:
@@ -281,11 +378,11 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
     if ckpt_path.exists() and not resume:  # checked on every rank so that all of them stop
         raise RecipeError(f"output_dir {str(run_dir)!r} already holds a run ({CHECKPOINT_FILE}); pass --resume "
                           "to continue it, or choose another output_dir")
-    if main_proc:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in run_dir.glob(".*.tmp"):  # left by a kill during an atomic write
-            stale.unlink(missing_ok=True)
-        save_recipe(recipe, run_dir / "recipe.yaml")
+    # Nothing is written to the run directory before the checkpoint has been read, matched against
+    # the recipe and loaded: a refused resume leaves the run exactly as it was.
+    state = _read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if state is not None:
+        _check_resume_recipe(recipe, state, ckpt_path)
     _ensure_data(recipe)
 
     d = recipe.data
@@ -320,15 +417,19 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
         if amp else contextlib.nullcontext
 
     start_iter, last_ckpt_iter = 0, None
-    if resume and ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        _load_model_state(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+    if state is not None:
+        _load_model_state(model, state["model"], ckpt_path)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise CheckpointError(f"the optimizer state in the student checkpoint {ckpt_path} does not fit the model's "
+                                  f"parameters ({e}); restore the run's checkpoint or delete it to restart") from e
         start_iter = last_ckpt_iter = int(state["iteration"])
         rngs = state["rng"]
         _set_rng_state(rngs[rank()] if len(rngs) == world_size() else rngs[0])
+        del state  # the weights now live in the model and the optimizer
         if main_proc:
             print(f"resuming {run_dir} from iteration {start_iter}/{max_iters}", file=sys.stderr)
     else:
@@ -337,6 +438,11 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
         torch.manual_seed(recipe.seed + rank())
         if resume and main_proc:
             print(f"--resume: no checkpoint in {run_dir} yet, starting from iteration 0", file=sys.stderr)
+    if main_proc:  # the resume (if any) is accepted: from here on the run directory is written
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a kill during an atomic write
+            stale.unlink(missing_ok=True)
+        save_recipe(recipe, run_dir / "recipe.yaml")
     log = MetricsLog(run_dir / METRICS_FILE, start_iter if resume else None) if main_proc else None
 
     wrapped = model
@@ -370,7 +476,8 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
         log.write({"iter": it, **headline, "per_class": metrics["per_class"]})
         print(f"\n[{recipe.output_dir}] evaluation at iteration {it}:\n{format_table(metrics)}", file=sys.stderr, flush=True)
         if final:
-            save_results_json(run_dir / "results.json", results)
+            # Through _atomic_write for the umask's mode (save_results_json's temp file is 0600).
+            _atomic_write(run_dir / "results.json", lambda p: save_results_json(p, results))
             out = {"iter": it, **{k: v for k, v in metrics.items() if k != "summary"}}
             _atomic_write(run_dir / "eval.json", lambda p: Path(p).write_text(json.dumps(_json_safe(out), indent=2)))
         return metrics
@@ -479,12 +586,11 @@ def _model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.startswith("teacher.")}
 
 
-def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("teacher.")]
-    if missing or unexpected:
-        raise RuntimeError(f"{CHECKPOINT_FILE} does not match the recipe's model: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]} (was the recipe changed since the checkpoint?)")
+def _load_model_state(model: nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:
+    state = {k: v for k, v in state.items() if not k.startswith("teacher.")}
+    if not _fits(model, state):
+        _mismatch(model, state, f"the student checkpoint {path}", "the model is built from model.name and model.kwargs")
+    model.load_state_dict(state, strict=True)
 
 
 def _check_finite(value: torch.Tensor, parts: dict[str, torch.Tensor], it: int, ckpt: Path, last: int | None) -> None:
@@ -519,7 +625,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = load_recipe(args.recipe, args.overrides)
         train(recipe, resume=args.resume)
         return 0
-    except (RecipeError, NonFiniteLossError, WeightsUnavailableError, FileNotFoundError, ValueError) as e:
+    except (RecipeError, NonFiniteLossError, WeightsUnavailableError, CheckpointError, FileNotFoundError,
+            ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

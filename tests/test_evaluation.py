@@ -162,3 +162,17 @@ def test_bad_inputs(gt: COCO) -> None:
         evaluate_results(gt, [{"image_id": 99, "category_id": 2, "bbox": [0, 0, 1, 1], "score": 1.0}])
     with pytest.raises(ValueError, match="categories has 1 names"):
         evaluate_results(gt, [], categories=["x"])
+
+
+def test_results_file_follows_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    from kdzoo.evaluation import save_results_json
+
+    old = os.umask(0o022)
+    try:
+        path = save_results_json(tmp_path / "results.json", [])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600

@@ -160,7 +160,15 @@ def test_read_image_modes_and_huge_images(tmp_path: Path) -> None:
 def test_embed_run_registers_fp16_checkpoint(run_dir: Path, model: torch.nn.Module, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 
-    folder = embed_run(run_dir, "gfl_r18.shapes_unittest", tmp_path / "weights", max_total_bytes=10 ** 9)
+    import os
+    import stat
+
+    old_umask = os.umask(0o022)
+    try:
+        folder = embed_run(run_dir, "gfl_r18.shapes_unittest", tmp_path / "weights", max_total_bytes=10 ** 9)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o755  # the user's umask, not mkdtemp's 0700
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors", "recipe.yaml"]
     stored = load_file(str(folder / "model.safetensors"))
     assert {t.dtype for t in stored.values() if t.is_floating_point()} == {torch.float16}
