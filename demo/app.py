@@ -97,7 +97,8 @@ class Demo:
 
     def __call__(self, upload: str | None, selected: list[str] | None, extra: str | None,
                  score_thr: float) -> tuple[list[tuple[Any, str]], list[list[Any]], list[list[Any]], str]:
-        from kdzoo.predict import PredictError, detect, draw_detections, read_image
+        from kdzoo.predict import (PredictError, box_ap_text, describe_model, detect, draw_detections,
+                                   read_image_and_size, to_original_pixels)
 
         if not upload:
             return [], [], [], "**Upload an image or pick an example first.**"
@@ -105,10 +106,11 @@ class Demo:
         if not names:
             return [], [], [], "**Pick at least one model** (or type a registry name, hf-hub id or run directory)."
         try:
-            image, notice = read_image(upload)
+            image, notice, original = read_image_and_size(upload)
         except PredictError as e:
             return [], [], [], f"**Cannot use this file:** {e}. Upload a PNG, JPEG, BMP, GIF, TIFF or WebP image."
-        messages = [f"Note: {notice}"] if notice else []
+        h, w = image.shape[:2]
+        messages = [f"Note: {notice}; the detections table is in the original's pixels"] if notice else []
         gallery, summary, rows = [], [], []
         for name in names:
             try:
@@ -121,17 +123,17 @@ class Demo:
                 messages.append(f"**{name}:** inference failed: {type(e).__name__}: {e}")
                 continue
             n = len(det["scores"])
-            cfg = getattr(loaded.model, "pretrained_cfg", None)
-            ap = f"{cfg.box_ap:.1f} ({cfg.ap_dataset})" if getattr(cfg, "box_ap", None) is not None else "-"
             caption = f"{name} | {seconds * 1000:.0f} ms | {loaded.num_params / 1e6:.2f} M params | {n} detections"
             gallery.append((draw_detections(image, det, loaded.categories), caption))
-            summary.append([name, n, round(seconds * 1000, 1), round(loaded.num_params / 1e6, 2), ap,
+            summary.append([name, n, round(seconds * 1000, 1), round(loaded.num_params / 1e6, 2), box_ap_text(loaded),
                             loaded.note or "-"])
+            messages.append(f"Model {describe_model(loaded)}.")
+            det = to_original_pixels(det, (w, h), original)
             for box, score, label in zip(det["boxes"], det["scores"], det["labels"]):
                 rows.append([name, loaded.categories[int(label)], round(float(score), 3),
                              *(round(float(v), 1) for v in box)])
-        h, w = image.shape[:2]
-        messages.insert(0, f"{w}x{h} image, {len(gallery)} of {len(names)} model(s) ran, score >= {score_thr:.2f}.")
+        messages.insert(0, f"{original[0]}x{original[1]} image, {len(gallery)} of {len(names)} model(s) ran, "
+                           f"score >= {score_thr:.2f}.")
         return gallery, summary, rows, "\n\n".join(messages)
 
 

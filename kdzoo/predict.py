@@ -8,6 +8,12 @@ or a training run directory. ``--out`` receives one annotated image per input an
 ``results.json``: COCO-style ``{"images", "categories", "annotations"}`` where every annotation
 is a detection (``image_id``, ``file_name``, ``category_id`` (the weights' dataset ids, e.g. COCO's; else 1-based), ``category_name``,
 ``bbox`` xywh in pixels, ``score``); ``annotations`` loads with ``COCO.loadRes``.
+Boxes, ``width`` and ``height`` are in the original image's pixels; an image longer than
+``MAX_SIDE`` px is run and drawn downscaled (its ``annotated_width``/``annotated_height`` say so).
+
+Your files are never changed: ``--out`` must not be the folder of an input image, and a file
+already in ``--out`` is replaced only when an earlier ``kdzoo.predict`` run wrote it there (its
+``results.json`` lists it); otherwise nothing is written and the command stops with an error.
 The same helpers (model loading, image reading, drawing) serve ``demo/app.py``.
 """
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import dataclasses
 import glob
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +36,8 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
-__all__ = ["PredictError", "LoadedModel", "load_model", "read_image", "expand_inputs", "detect", "draw_detections",
+__all__ = ["PredictError", "LoadedModel", "load_model", "describe_model", "box_ap_text", "read_image", "expand_inputs",
+           "detect", "draw_detections", "read_image_and_size", "to_original_pixels", "check_output_folder",
            "predict_files", "main", "IMAGE_SUFFIXES", "MAX_SIDE"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -77,6 +85,8 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, allow_random: b
     spec = spec.strip()
     if not spec:
         raise PredictError("empty model name")
+    if _is_exported(spec):  # a kdzoo.export file or folder: runs on the file's own runtime
+        return load_model_for_backend(spec, None, device)
     note = ""
     try:
         path = Path(spec).expanduser()
@@ -120,10 +130,45 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, allow_random: b
     return LoadedModel(spec, model, _categories(model), params, note, _category_ids(model))
 
 
+def box_ap_text(loaded: LoadedModel) -> str:
+    """``"40.2 (COCO val2017)"`` when the weights' config records a box AP, else ``"-"``."""
+    cfg = getattr(loaded.model, "pretrained_cfg", None)
+    if getattr(cfg, "box_ap", None) is None:
+        return "-"
+    return f"{cfg.box_ap:.1f} ({cfg.ap_dataset or 'dataset not recorded'})"
+
+
+def describe_model(loaded: LoadedModel) -> str:
+    """One line on what is loaded: architecture, classes, the input size it resizes to, size,
+    and the box AP with its source when the weights' config records one."""
+    model, cfg = loaded.model, getattr(loaded.model, "pretrained_cfg", None)
+    arch = getattr(model, "arch_name", "") or getattr(cfg, "architecture", "") or type(model).__name__
+    size = getattr(getattr(model, "transform", None), "size", None)
+    parts = [f"{loaded.name}: {arch}", f"{len(loaded.categories)} classes"]
+    if size:
+        parts.append(f"input {size[0]}x{size[1]}")
+    parts.append(f"{loaded.num_params / 1e6:.1f} M params")
+    if getattr(cfg, "box_ap", None) is not None:
+        parts.append(f"box AP {box_ap_text(loaded)}" + (f", {cfg.source}" if cfg.source else ""))
+    else:
+        parts.append("no box AP recorded for these weights")
+    if loaded.note:
+        parts.append(loaded.note)
+    return ", ".join(parts)
+
+
 # ----------------------------------------------------------------------------- images
 def read_image(source: str | Path | Image.Image, max_side: int = MAX_SIDE) -> tuple[np.ndarray, str]:
     """HxWx3 uint8 RGB from any PIL-readable file (gray, RGBA, palette, 16-bit), and a notice
     (empty, or what was changed: downscaling of huge images)."""
+    arr, notice, _ = read_image_and_size(source, max_side)
+    return arr, notice
+
+
+def read_image_and_size(source: str | Path | Image.Image,
+                        max_side: int = MAX_SIDE) -> tuple[np.ndarray, str, tuple[int, int]]:
+    """:func:`read_image` plus the original ``(width, height)``: the array is smaller when the image
+    was downscaled, and :func:`to_original_pixels` maps its boxes back."""
     from .data.coco import _to_rgb8  # the training loader's mode handling (16-bit rescaled, alpha dropped)
 
     name = getattr(source, "name", None) or str(source)
@@ -152,9 +197,21 @@ def read_image(source: str | Path | Image.Image, max_side: int = MAX_SIDE) -> tu
     if max(h, w) > max_side:
         scale = max_side / max(h, w)
         size = (max(1, round(w * scale)), max(1, round(h * scale)))
-        arr = np.asarray(Image.fromarray(arr).resize(size, Image.BILINEAR))
+        arr = np.array(Image.fromarray(arr).resize(size, Image.BILINEAR))
         notice = f"{Path(name).name}: resized from {w}x{h} to {size[0]}x{size[1]} (longest side limit {max_side} px)"
-    return arr, notice
+    return arr, notice, (int(w), int(h))
+
+
+def to_original_pixels(det: dict[str, np.ndarray], shown: tuple[int, int],
+                       original: tuple[int, int]) -> dict[str, np.ndarray]:
+    """``det`` with its xyxy boxes mapped from an image of size ``shown`` (width, height) to the
+    ``original`` one it was downscaled from, clipped to it; the same dict when the sizes agree."""
+    if tuple(shown) == tuple(original):
+        return det
+    sx, sy = original[0] / shown[0], original[1] / shown[1]
+    boxes = det["boxes"].astype(np.float64) * np.array([sx, sy, sx, sy])
+    boxes = np.clip(boxes, 0, np.array([original[0], original[1]] * 2, dtype=np.float64))
+    return {**det, "boxes": boxes.astype(np.float32)}
 
 
 def expand_inputs(inputs: Sequence[str]) -> list[Path]:
@@ -269,38 +326,113 @@ def _output_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def _output_names(files: Sequence[Path]) -> list[str]:
+    """The annotated file name of each input, decided before anything is written."""
+    used: set[str] = set()
+    return [_output_name(Path(f), used) for f in files]
+
+
+RESULTS_NAME = "results.json"
+
+
+def _earlier_outputs(out: Path) -> set[str] | None:
+    """Names of the annotated images an earlier run listed in ``out/results.json``; an empty set
+    when there is no results.json, None when there is one that kdzoo.predict did not write."""
+    path = out / RESULTS_NAME
+    if not path.exists() and not path.is_symlink():
+        return set()
+    try:
+        data = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not (isinstance(data, dict) and isinstance(data.get("info"), dict) and "model" in data["info"]
+            and isinstance(data.get("images"), list)):
+        return None
+    return {m["annotated"] for m in data["images"] if isinstance(m, dict) and isinstance(m.get("annotated"), str)}
+
+
+def check_output_folder(files: Sequence[Path], out_dir: str | Path, names: Sequence[str] | None = None) -> None:
+    """Raise :class:`PredictError`, before anything is written, when writing the annotated copies
+    of ``files`` into ``out_dir`` would change a file kdzoo.predict did not write: ``out_dir`` is the
+    folder of an input (its copies would replace the inputs), or it already holds a file with an
+    output's name that no earlier run listed in its results.json."""
+    out = Path(out_dir)
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise PredictError(f"--out {out} exists and is not a folder; give a folder for the annotated images")
+    target = out.resolve()
+    for f in files:
+        f = Path(f)
+        if f.parent.resolve() == target or f.resolve().parent == target:
+            raise PredictError(f"--out {out} is the folder of the input image {f}: annotated copies would be "
+                               "written over the inputs; choose another --out or leave that folder out of the inputs")
+    if not out.is_dir():
+        return
+    ours = _earlier_outputs(out)
+    if ours is None:
+        raise PredictError(f"--out {out} holds a {RESULTS_NAME} that kdzoo.predict did not write; give another "
+                           "output folder (default: predictions)")
+    for name in names if names is not None else _output_names(files):
+        path = out / name
+        if (path.exists() or path.is_symlink()) and (name not in ours or path.is_symlink() or not path.is_file()):
+            raise PredictError(f"--out {out} already holds {name}, which kdzoo.predict did not write there; "
+                               "it would be overwritten: give another output folder (default: predictions)")
+
+
+def _write_new(path: Path, write: Any) -> None:
+    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``: an interrupted
+    run leaves no half-written file, and the file gets the permissions the user's umask gives."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _save_image(img: Image.Image, path: Path) -> None:
+    fmt = Image.registered_extensions()[path.suffix.lower()]
+    _write_new(path, lambda tmp: img.save(tmp, format=fmt))
+
+
 def predict_files(files: Sequence[Path], loaded: LoadedModel, out_dir: str | Path, *, score_thr: float = 0.3,
                   device: str = "cpu", batch_size: int = 4, progress: bool = True) -> dict[str, Any]:
     """Annotate ``files`` into ``out_dir`` and write ``out_dir/results.json``; returns its content plus
-    ``"skipped"`` (unreadable files with the reason) and ``"notices"`` (resized images)."""
+    ``"skipped"`` (unreadable files with the reason) and ``"notices"`` (resized images).
+    Boxes and sizes are in each original image's pixels. Refuses (:class:`PredictError`, nothing
+    written) when a file of the user's would be overwritten: see :func:`check_output_folder`."""
     from tqdm import tqdm
 
     if batch_size < 1:
         raise PredictError(f"--batch-size must be >= 1, got {batch_size}")
     out = Path(out_dir)
+    names = _output_names(files)
+    check_output_folder(files, out, names)
     out.mkdir(parents=True, exist_ok=True)
-    images_meta, annotations, skipped, notices, used = [], [], [], [], set()
+    images_meta, annotations, skipped, notices = [], [], [], []
     bar = tqdm(total=len(files), unit="img", disable=not progress or len(files) < 2, file=sys.stderr)
     for start in range(0, len(files), batch_size):
         batch = []
-        for path in files[start:start + batch_size]:
+        for path, name in zip(files[start:start + batch_size], names[start:start + batch_size]):
             try:
-                arr, notice = read_image(path)
+                arr, notice, size = read_image_and_size(path)
             except PredictError as e:
                 skipped.append({"file": str(path), "error": str(e)})
                 bar.update(1)
                 continue
             if notice:
-                notices.append(notice)
-            batch.append((path, arr))
+                notices.append(f"{notice}; the annotated copy is drawn at that size, {RESULTS_NAME} is in "
+                               "the original's pixels")
+            batch.append((path, name, arr, size))
         if batch:
-            dets, _ = detect(loaded, [a for _, a in batch], score_thr, device)
-            for (path, arr), det in zip(batch, dets):
+            dets, _ = detect(loaded, [a for _, _, a, _ in batch], score_thr, device)
+            for (path, name, arr, (width, height)), det in zip(batch, dets):
                 image_id = len(images_meta) + 1
-                name = _output_name(path, used)
-                draw_detections(arr, det, loaded.categories).save(out / name)
+                _save_image(draw_detections(arr, det, loaded.categories), out / name)
                 images_meta.append({"id": image_id, "file_name": str(path), "annotated": name,
-                                    "width": int(arr.shape[1]), "height": int(arr.shape[0])})
+                                    "width": width, "height": height,
+                                    "annotated_width": int(arr.shape[1]), "annotated_height": int(arr.shape[0])})
+                det = to_original_pixels(det, (arr.shape[1], arr.shape[0]), (width, height))
                 annotations += _coco_annotations(det, image_id, str(path), loaded, len(annotations) + 1)
                 bar.update(1)
     bar.close()
@@ -308,7 +440,8 @@ def predict_files(files: Sequence[Path], loaded: LoadedModel, out_dir: str | Pat
               "images": images_meta,
               "categories": [{"id": loaded.category_id(i), "name": n} for i, n in enumerate(loaded.categories)],
               "annotations": annotations}
-    (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
+    text = json.dumps(result, indent=1) + "\n"
+    _write_new(out / RESULTS_NAME, lambda tmp: tmp.write_text(text))
     return {**result, "skipped": skipped, "notices": notices}
 
 
@@ -322,22 +455,75 @@ def _check_device(device: str) -> str:
     return device
 
 
+# ----------------------------------------------------------------------------- exported models (kdzoo.export)
+BACKENDS = ("torch", "onnxruntime", "openvino")
+
+
+def _is_exported(spec: str) -> bool:
+    """An exported file or folder, or a path that names one (so that a missing file says so)."""
+    from .export import is_exported_path
+
+    return is_exported_path(spec) or Path(spec).suffix.lower() in (".onnx", ".pt2", ".xml")
+
+
+def load_model_for_backend(spec: str, backend: str | None = "torch", device: str | torch.device = "cpu", *,
+                           allow_random: bool = False) -> LoadedModel:
+    """:func:`load_model` for a runtime. ``'torch'`` (or None): the eager model, except that an exported
+    file (``.onnx``/``.pt2``/``.xml`` or a ``kdzoo.export`` folder) runs on its own runtime;
+    ``'onnxruntime'``/``'openvino'``: an exported file or folder, or any model ``load_model`` accepts,
+    exported on the fly (no parity check: ``python -m kdzoo.export`` runs one). Detections come back
+    in the eager format, in original image pixels; the score threshold inside an exported graph is the
+    one it was exported with (0.05 by default)."""
+    from .export import BACKENDS as EXPORT_BACKENDS, ExportError, export, load_exported
+
+    backend = None if backend in (None, "torch") and _is_exported(spec) else backend
+    if backend == "torch":
+        return load_model(spec, device, allow_random=allow_random)
+    if backend is not None and backend not in EXPORT_BACKENDS:
+        raise PredictError(f"unknown backend {backend!r}; choose one of: {', '.join(EXPORT_BACKENDS)}")
+    try:
+        if _is_exported(spec):
+            model = load_exported(spec, backend)
+        else:
+            import tempfile
+
+            eager = load_model(spec, "cpu", allow_random=allow_random)
+            with tempfile.TemporaryDirectory(prefix="kdzoo-export-") as tmp:
+                fmt = "openvino" if backend == "openvino" else "onnx"
+                path = export(eager.model, tmp, fmt, dynamic_batch=True, check=False, name=spec).path
+                model = load_exported(path, backend)
+    except ExportError as e:
+        raise PredictError(str(e)) from e
+    meta = model.metadata
+    note = f"exported ({meta.get('format', '?')}), running on {model.backend}"
+    return LoadedModel(spec, model, list(meta.get("classes") or [f"class_{i + 1}" for i in range(model.num_classes)]),
+                       model.num_params, note, list(meta.get("category_ids") or []) or None)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kdzoo.predict", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote them)")
-    p.add_argument("--model", required=True, help="registry name (arch.tag), hf-hub:org/name, or a run directory")
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    p.add_argument("--model", required=True, help="registry name (arch.tag), hf-hub:org/name, a run directory, "
+                                                  "or an exported file (.onnx, .pt2, OpenVINO .xml)")
+    p.add_argument("--out", default="predictions",
+                   help="output folder (default: predictions); never an input's folder, and a file already "
+                        "there is overwritten only if an earlier kdzoo.predict run wrote it, else nothing is written")
     p.add_argument("--score-thr", type=float, default=0.3, help="keep detections scoring at least this (default 0.3)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="torch: eager PyTorch (default; an exported --model file runs on its own runtime), "
+                        "onnxruntime or openvino: an exported file (python -m kdzoo.export) or a model exported on the fly")
     args = p.parse_args(argv)
     try:
         if not 0.0 <= args.score_thr <= 1.0:
             raise PredictError(f"--score-thr must be in [0, 1], got {args.score_thr}")
         device = _check_device(args.device)
         files = expand_inputs(args.inputs)
-        loaded = load_model(args.model, device)
+        check_output_folder(files, args.out)  # before the model loads: a refusal comes at once
+        loaded = load_model_for_backend(args.model, args.backend, device)
+        print(f"model {describe_model(loaded)}", file=sys.stderr)
         result = predict_files(files, loaded, args.out, score_thr=args.score_thr, device=device,
                                batch_size=args.batch_size)
     except PredictError as e:
