@@ -16,12 +16,7 @@ from kdzoo.backbone import TimmBackbone
 from kdzoo.backbone_weights import MMCV_MODEL_ZOO, resolve_backbone_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_resolution_rules() -> None:

@@ -15,12 +15,7 @@ SMALL = {"num_classes": 3, "fpn_channels": 32, "input_size": (96, 96), "norm_eva
 ANCHOR_HEADS = {"gfl": "gfl_r18", "atss": "atss_r18", "retinanet": "retinanet_r18"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_valid_flags_by_hand() -> None:
