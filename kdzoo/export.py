@@ -39,10 +39,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -374,6 +372,12 @@ def _resolve_file(spec: str | os.PathLike, backend: str | None) -> tuple[Path, s
     p = Path(str(spec)).expanduser()
     if p.is_dir():
         order = {"onnxruntime": ["onnx"], "openvino": ["openvino", "onnx"], "torch": ["torch"], None: list(FORMATS)}[backend]
+        if backend is None:  # the format the folder was exported to first (an OpenVINO export also keeps its ONNX file)
+            try:
+                fmt = json.loads((p / SIDE_FILE).read_text())["metadata"]["format"]
+                order = [fmt] + [f for f in order if f != fmt]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
         for fmt in order:
             if (p / FILE_NAMES[fmt]).is_file():
                 p = p / FILE_NAMES[fmt]
@@ -485,8 +489,13 @@ def sample_images(kind: str = "scenes", seed: int = 0) -> list[torch.Tensor]:
 
 def check_parity(model: nn.Module, exported: ExportedDetector, images: Sequence[torch.Tensor], *,
                  fp16: bool = False, exportable: ExportableDetector | None = None) -> ParityReport:
-    """Eager ``model`` vs ``exported`` on ``images`` (one by one unless the export takes batches)."""
-    groups = [list(images)] if exported.dynamic_batch else [[img] for img in images]
+    """Eager ``model`` vs ``exported`` on ``images``, one by one, and for a dynamic batch also the first
+    image with its mirror image as a batch of two. (Batches of differently sized images are padded
+    alike by both, but their large padded areas give many exactly tied scores, whose order top-k
+    leaves to the implementation: a random-init model can then keep different tied candidates.)"""
+    groups = [[img] for img in images]
+    if exported.dynamic_batch and images:
+        groups.append([images[0], images[0].flip(-1)])
     ref, got = [], []
     with torch.no_grad(), _eager_settings(model, exportable, exported.resize):
         for g in groups:
@@ -653,6 +662,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", *, d
                               input_size=input_size, dynamic_batch=dynamic_batch, canvas=canvas,
                               fp16=fp16 and fmt != "openvino",
                               opset=opset if onnx_fmt else None)
+    if fp16 and fmt == "openvino":
+        metadata["precision"] = "fp16 weights"  # the graph itself is fp32; OpenVINO stores fp16 weights
     if t.size != input_size:
         metadata["input"]["resize_note"] = f"model trained with input size {list(t.size)}"
     graph: nn.Module = exportable
@@ -677,7 +688,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", *, d
                 files.append(target)
             else:
                 onnx_path = target if fmt == "onnx" else out_dir / FILE_NAMES["onnx"]
-                _export_onnx(graph, example, dynamic, onnx_path, opset, {**metadata, "format": "onnx"}, verbose)
+                onnx_meta = {**metadata, "format": "onnx", "precision": "fp16" if fp16 and fmt == "onnx" else "fp32"}
+                _export_onnx(graph, example, dynamic, onnx_path, opset, onnx_meta, verbose)
                 files.append(onnx_path)
                 if fmt == "openvino":
                     files += onnx_to_openvino(onnx_path, target, fp16=fp16)

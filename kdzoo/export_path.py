@@ -24,8 +24,9 @@ How post-processing is made static (every shape depends only on the input's shap
   "threshold, then the ``nms_pre`` best".
 * NMS: one ``torchvision.ops.nms`` call (the op exports: ONNX ``NonMaxSuppression``, a fake kernel
   for ``torch.export``) over all candidates of all images, groups (image, class) kept apart by
-  offsetting boxes on a 2-D grid of canvas-sized cells (coordinates stay small, so rounding stays
-  well below what would change an IoU decision). Masked-out candidates all become one identical
+  offsetting boxes on a 2-D grid of canvas-sized cells (coordinates stay small; the eager path
+  offsets by class too, or loops over classes for large candidate sets, so only an IoU within
+  float rounding of the threshold can be decided differently). Masked-out candidates all become one identical
   tiny box in a group of their own, scored below every real one: they cannot suppress a real box,
   and the first of them suppresses the rest, so NMS costs no more than with the filtered list.
   Its variable-length output only scatters into a fixed-size keep mask.
@@ -33,8 +34,12 @@ How post-processing is made static (every shape depends only on the input's shap
 * Faster R-CNN: the RPN keeps exactly ``rpn max_per_img`` proposal slots (unused ones masked),
   RoIAlign runs once per FPN level on every slot with RoIs of other levels replaced by a tiny box
   (same pooled values as pooling each level's subset), and the second stage's candidates above
-  the threshold are bounded by ``rcnn_nms_pre`` (5000 by default, as mmdeploy's ``pre_top_k``);
-  with more candidates above the threshold than that (rare), results can differ from eager.
+  the threshold are bounded by ``rcnn_nms_pre`` (5000 by default, a usual deployment bound); with
+  more candidates above the threshold than that (rare), results can differ from eager.
+
+Exact ties are left to each runtime, as in any export: equal scores at the ``nms_pre``/top-k cut
+(the large uniform padded area of a mixed-size batch gives many for a random-init model) may keep
+different candidates than eager ``topk`` does.
 """
 from __future__ import annotations
 
