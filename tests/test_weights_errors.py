@@ -405,7 +405,12 @@ def test_editable_install_works_from_the_parent_of_a_checkout_named_kdzoo(tmp_pa
         whl.extractall(site_dir)
 
     script = (
-        "import runpy, site, sys\n"
+        "import pathlib, runpy, site, sys\n"
+        "root = pathlib.Path(sys.argv[2]).resolve()\n"
+        "# this environment's own install of kdzoo (a path entry or an import hook) is taken away first:\n"
+        "# only the install built above may find the package\n"
+        "sys.path[:] = [p for p in sys.path if not p or pathlib.Path(p).resolve() != root]\n"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'kdzoo' not in getattr(f, '__module__', '')]\n"
         "site.addsitedir(sys.argv[1])  # the editable install, as pip would place it\n"
         "import kdzoo, kdzoo.data\n"
         "print('package', kdzoo.__file__)\n"
@@ -413,7 +418,7 @@ def test_editable_install_works_from_the_parent_of_a_checkout_named_kdzoo(tmp_pa
         "print('registered', 'gfl_r18' in kdzoo.list_detectors())\n"
         "sys.argv = ['kdzoo.train', '--help']\n"
         "runpy.run_module('kdzoo.train', run_name='__main__', alter_sys=True)  # python -m kdzoo.train --help\n")
-    run = subprocess.run([sys.executable, "-c", script, str(site_dir)], cwd=tmp_path, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-c", script, str(site_dir), str(REPO_ROOT)], cwd=tmp_path, capture_output=True, text=True,
                          timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     out = run.stdout
     assert run.returncode == 0, (out + run.stderr)[-3000:]
