@@ -28,9 +28,9 @@ test-slow: $(STAMP)
 SHAPES_RUNS ?= gfl_teacher gfl_student gfl_crosskd
 
 run: $(STAMP)
-	@test -f data/shapes/shapes_meta.json || $(PY) -m kdzoo.data.shapes --out data/shapes
-	@for r in $(SHAPES_RUNS); do $(PY) -m kdzoo.train recipes/shapes/$$r.yaml --resume || exit 1; done
-	$(PY) -m kdzoo.eval --summary $(addprefix runs/shapes/,$(SHAPES_RUNS))
+	@test -f data/shapes/shapes_meta.json || $(PY) -m kdzoo shapes --out data/shapes
+	@for r in $(SHAPES_RUNS); do $(PY) -m kdzoo train recipes/shapes/$$r.yaml --resume || exit 1; done
+	$(PY) -m kdzoo eval --summary $(addprefix runs/shapes/,$(SHAPES_RUNS))
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_inference.py

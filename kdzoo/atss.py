@@ -3,28 +3,70 @@ location, ATSS top-9 assignment, focal loss, GIoU on decoded boxes weighted by c
 targets (x2), centerness from the regression tower, NMS 0.6."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .assigners import IGNORE, ATSSAssigner
+from .assigners import ATSSAssigner
 from .box_ops import DeltaXYWHCoder
-from .builder import build_dense_detector
+from .builder import build_dense_detector, build_detector_with_cfg
+from .criterion import Assignment, DenseCriterion
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
-from .fcos import centerness_target
+from .fcos import centerness_target, side_distances
 from .layers import Scale
-from .losses import focal_loss, giou_loss, one_hot
+from .losses import giou_loss
 from .priors import AnchorGenerator, anchor_centers
-from .registry import register_detector
+from .published import crosskd_cfg, mmdet_cfg
+from .registry import register_alias, register_detector, register_pretrained_cfgs
 
-__all__ = ["ATSSHead"]
+__all__ = ["ATSSHead", "ATSSCriterion"]
+
+
+class ATSSCriterion(DenseCriterion):
+    """ATSS assignment; focal loss, GIoU on decoded boxes weighted by the centerness targets and
+    centerness BCE on the positives."""
+
+    def __init__(self, num_classes: int, *, coder: DeltaXYWHCoder, topk: int = 9, loss_weights: dict[str, float]) -> None:
+        super().__init__(num_classes, loss_weights=loss_weights)
+        self.assigner = ATSSAssigner(topk)
+        self.coder = coder
+
+    def assign_single(self, level_priors: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        return self.assigner(torch.cat(level_priors), [len(p) for p in level_priors], boxes)
+
+    def centerness_targets(self, pos_priors: torch.Tensor, pos_gt_boxes: torch.Tensor) -> torch.Tensor:
+        return centerness_target(side_distances(anchor_centers(pos_priors), pos_gt_boxes))
+
+    def loss(self, flat: dict[str, torch.Tensor], priors: torch.Tensor, strides: torch.Tensor,
+             assignment: Assignment) -> dict[str, torch.Tensor]:
+        pos, n = assignment.positive, len(assignment.positive)
+        pos_boxes = self.coder.decode(priors[None].expand(n, -1, -1)[pos], flat["reg"][pos])
+        pos_ctr = flat["centerness"][pos]
+        if pos.any():
+            loss_bbox = self.loss_bbox(pos_boxes, assignment)
+            loss_ctr = self.loss_centerness(pos_ctr, assignment)
+        else:
+            loss_bbox = pos_boxes.sum() * 0
+            loss_ctr = pos_ctr.sum() * 0
+        return {
+            "loss_cls": self.loss_weights["cls"] * self.loss_cls(flat["cls"], assignment),
+            "loss_bbox": self.loss_weights["bbox"] * loss_bbox,
+            "loss_centerness": self.loss_weights["centerness"] * loss_ctr,
+        }
+
+    @staticmethod
+    def loss_bbox(pos_boxes: torch.Tensor, assignment: Assignment) -> torch.Tensor:
+        """GIoU weighted by the centerness targets, averaged by their sum."""
+        ctr_t = assignment.centerness_targets
+        return (giou_loss(pos_boxes, assignment.pos_gt_boxes) * ctr_t).sum() / assignment.centerness_avg
 
 
 class ATSSHead(DenseHead):
     has_centerness = True
+    kd_defaults = dict(layer=3, cls=1.0, reg=1.0, centerness=1.0, pkd=1.0)
 
     def __init__(self, num_classes: int, *, topk: int = 9, loss_cls_weight: float = 1.0, loss_bbox_weight: float = 2.0,
                  loss_centerness_weight: float = 1.0, **kwargs: Any) -> None:
@@ -36,8 +78,8 @@ class ATSSHead(DenseHead):
         self.atss_centerness = nn.Conv2d(self.feat_channels, 1, 3, padding=1)
         self.scales = nn.ModuleList(Scale(1.0) for _ in self.strides)
         self.coder = DeltaXYWHCoder((0.1, 0.1, 0.2, 0.2))
-        self.assigner = ATSSAssigner(topk)
-        self.loss_weights = {"cls": loss_cls_weight, "bbox": loss_bbox_weight, "centerness": loss_centerness_weight}
+        self.criterion = ATSSCriterion(num_classes, coder=self.coder, topk=topk, loss_weights={
+            "cls": loss_cls_weight, "bbox": loss_bbox_weight, "centerness": loss_centerness_weight})
         self.init_weights(self.atss_cls)
 
     def predict_level(self, cls_feat: torch.Tensor, reg_feat: torch.Tensor, level: int) -> LevelOutputs:
@@ -50,87 +92,59 @@ class ATSSHead(DenseHead):
     def decode(self, reg, priors, strides, max_shape=None):
         return self.coder.decode(priors, reg, max_shape)
 
-    def assign_single(self, level_priors, boxes):
-        return self.assigner(torch.cat(level_priors), [len(p) for p in level_priors], boxes)
 
-    def loss(self, outputs, targets, image_sizes):
-        level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
-        priors = torch.cat(level_priors)
-        flat = self.flatten(outputs)
-        all_labels, all_valid, pos_boxes, pos_gt, pos_ctr_pred, pos_ctr_t = [], [], [], [], [], []
-        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets, image_sizes))):
-            pos = assigned >= 0
-            all_valid.append(assigned != IGNORE)
-            labels = torch.full_like(assigned, self.num_classes)
-            labels[pos] = t["labels"][assigned[pos]]
-            all_labels.append(labels)
-            gt = t["boxes"][assigned[pos]]
-            c = anchor_centers(priors[pos])
-            pos_ctr_t.append(centerness_target(torch.cat([c - gt[:, :2], gt[:, 2:] - c], 1)))
-            pos_boxes.append(self.coder.decode(priors[pos], flat["reg"][i][pos]))
-            pos_gt.append(gt)
-            pos_ctr_pred.append(flat["centerness"][i][pos])
-        labels, valid = torch.cat(all_labels), torch.cat(all_valid)
-        num_pos = int((labels < self.num_classes).sum())
-        avg = self.avg_factor(num_pos, priors.device)
-        cls_logits = flat["cls"].reshape(-1, self.num_classes)
-        loss_cls = focal_loss(cls_logits[valid], one_hot(labels[valid], self.num_classes)).sum() / avg
-        pos_boxes, pos_gt = torch.cat(pos_boxes), torch.cat(pos_gt)
-        pos_ctr_pred, ctr_t = torch.cat(pos_ctr_pred), torch.cat(pos_ctr_t)
-        if num_pos:
-            ctr_avg = self.avg_factor(ctr_t.sum(), priors.device)
-            loss_bbox = (giou_loss(pos_boxes, pos_gt) * ctr_t).sum() / ctr_avg
-            loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr_pred, ctr_t, reduction="sum") / avg
-        else:
-            loss_bbox = pos_boxes.sum() * 0
-            loss_ctr = pos_ctr_pred.sum() * 0
-        return {
-            "loss_cls": self.loss_weights["cls"] * loss_cls,
-            "loss_bbox": self.loss_weights["bbox"] * loss_bbox,
-            "loss_centerness": self.loss_weights["centerness"] * loss_ctr,
-        }
+# What every atss entry point builds; the recipe checker reads its keyword arguments from it.
+BUILD_FN = partial(build_dense_detector, ATSSHead)
 
 
-def _create(backbone: str, **kwargs: Any) -> DenseDetector:
-    kwargs.setdefault("nms_iou", 0.6)
-    return build_dense_detector(ATSSHead, backbone=backbone, **kwargs)
+def _create(arch: str, backbone: str, pretrained: bool, defaults: dict[str, Any] | None = None,
+            **kwargs: Any) -> DenseDetector:
+    return build_detector_with_cfg(partial(BUILD_FN, backbone=backbone), arch, pretrained=pretrained,
+                                   defaults={"nms_iou": 0.6, **(defaults or {})}, **kwargs)
 
 
 @register_detector
 def atss_r50(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
-    """ATSS, ResNet-50 FPN (MMDetection ``atss_r50_fpn_1x_coco``)."""
-    return _create("resnet50", pretrained=pretrained, **kwargs)
+    """ATSS, ResNet-50 FPN (MMDetection ``atss_r50_fpn_1x_coco``; the CrossKD ATSS student, tag ``crosskd_coco``)."""
+    return _create("atss_r50", "resnet50", pretrained, **kwargs)
 
 
 @register_detector
 def atss_r101(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """ATSS, ResNet-101 FPN (MMDetection ``atss_r101_fpn_1x_coco``)."""
-    return _create("resnet101", pretrained=pretrained, **kwargs)
+    return _create("atss_r101", "resnet101", pretrained, **kwargs)
 
 
 @register_detector
 def atss_r18(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """ATSS, ResNet-18 FPN-128: a CPU-friendly student."""
-    kwargs.setdefault("fpn_channels", 128)
-    return _create("resnet18", pretrained=pretrained, **kwargs)
+    return _create("atss_r18", "resnet18", pretrained, dict(fpn_channels=128), **kwargs)
 
 
 @register_detector
 def atss_r10t(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """ATSS, ResNet-10-T FPN-128: a shapes teacher."""
-    kwargs.setdefault("fpn_channels", 128)
-    return _create("resnet10t", pretrained=pretrained, **kwargs)
+    return _create("atss_r10t", "resnet10t", pretrained, dict(fpn_channels=128), **kwargs)
 
 
 @register_detector
 def atss_mnv3s(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """ATSS, MobileNetV3-Small FPN-48: a shapes student, heterogeneous to atss_r10t."""
-    kwargs.setdefault("fpn_channels", 48)
-    return _create("mobilenetv3_small_100", pretrained=pretrained, **kwargs)
+    return _create("atss_mnv3s", "mobilenetv3_small_100", pretrained, dict(fpn_channels=48), **kwargs)
 
 
 @register_detector
 def atss_convnext_t(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """ATSS, ConvNeXt-T FPN: a heterogeneous teacher."""
-    kwargs.setdefault("norm_eval", False)
-    return _create("convnext_tiny", pretrained=pretrained, **kwargs)
+    return _create("atss_convnext_t", "convnext_tiny", pretrained, dict(norm_eval=False), **kwargs)
+
+
+register_pretrained_cfgs({
+    "atss_r50.mmdet_coco": mmdet_cfg("atss", "atss_r50_fpn_1x_coco", "atss_r50_fpn_1x_coco_20200209-985f7bd0.pth", 39.4),
+    "atss_r50.crosskd_coco": crosskd_cfg("atss_r101.mmdet_coco", 41.8, "1qyxOMaxQrwJ20tEgIwU8pi31O8A1hsEG",
+                                         "crosskd_r50_atss_r101_fpn_1x_coco"),
+    "atss_r50.crosskd_pkd_coco": crosskd_cfg("atss_r101.mmdet_coco", 41.8, "1LkuKau1Na843ZPSNz77DqV8v8111b2_y",
+                                             "crosskd+pkd_r50_atss_r101_fpn_1x_coco"),
+    "atss_r101.mmdet_coco": mmdet_cfg("atss", "atss_r101_fpn_1x_coco", "atss_r101_fpn_1x_20200825-dfcadd6f.pth", 41.5),
+})
+register_alias("atss_r50_crosskd", "atss_r50.crosskd_coco")

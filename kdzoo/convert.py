@@ -26,11 +26,10 @@ CrossKD's distillers keep the teacher out of their ``state_dict`` (it is set wit
 checks that every checkpoint tensor is used and every model tensor is filled with the same
 shape, and explains a mismatch (other detector type, backbone depth or class count).
 
-CLI: ``python -m kdzoo.convert mmdet CKPT --arch NAME --out DIR [--num-classes N]``.
+Command line: ``kdzoo convert mmdet CKPT --arch NAME --out DIR [--num-classes N]``.
 """
 from __future__ import annotations
 
-import argparse
 import pickle
 import re
 import sys
@@ -367,7 +366,7 @@ def convert_mmdet_checkpoint(checkpoint: str | Path, arch: str, out_dir: str | P
     (``model.safetensors``, ``config.json``, ``README.md``) loadable with ``local-dir:``."""
     from .hub import save_pretrained
     from .pretrained import load_state_dict_checked
-    from .registry import create_detector
+    from .factory import create_detector
 
     model = create_detector(arch, **build_kwargs)
     state_dict = mmdet_to_kdzoo(read_mmdet_checkpoint(checkpoint), model)
@@ -377,24 +376,7 @@ def convert_mmdet_checkpoint(checkpoint: str | Path, arch: str, out_dir: str | P
     return model
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdzoo.convert", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="format", required=True)
-    p = sub.add_parser("mmdet", help="MMDetection 2.x/3.x or CrossKD .pth checkpoint")
-    p.add_argument("checkpoint", help="path of the .pth file")
-    p.add_argument("--arch", required=True, help="kdzoo architecture, e.g. gfl_r50 (see kdzoo.list_detectors())")
-    p.add_argument("--out", required=True, help="output directory (model.safetensors, config.json, README.md)")
-    p.add_argument("--num-classes", type=int, default=None, help="class count if not the architecture's default (80)")
-    args = parser.parse_args(argv)
-    kwargs = {} if args.num_classes is None else {"num_classes": args.num_classes}
-    try:
-        convert_mmdet_checkpoint(args.checkpoint, args.arch, args.out, **kwargs)
-    except (CheckpointMismatchError, ValueError, FileNotFoundError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {args.out} (load it with kdzoo.create_detector('local-dir:{args.out}', pretrained=True))")
-    return 0
+if __name__ == "__main__":  # python -m kdzoo.convert: the same as `kdzoo convert`
+    from kdzoo.cli import run_command
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("convert"))

@@ -1,6 +1,7 @@
-"""Shared structure of the dense heads: two conv towers, per-level predictors, decoding and
-post-processing. Families (``retinanet.py``, ``fcos.py``, ``atss.py``, ``gfl.py``) add their
-predictors, priors, box decoding and losses.
+"""Shared structure of the dense heads: two conv towers, per-level predictors, priors, decoding
+and post-processing. Families (``retinanet.py``, ``fcos.py``, ``atss.py``, ``gfl.py``) add their
+predictors, priors and box decoding; assignment and losses live in each family's criterion
+(``head.criterion``, :mod:`kdzoo.criterion`).
 
 The tower API is public and small, so distillers never reach into private modules:
 
@@ -9,8 +10,8 @@ The tower API is public and small, so distillers never reach into private module
   before or after its ReLU (the ReLU is applied first, which changes nothing on an activated
   feature), so a tower can be split anywhere.
 * ``predict_level(cls_feat, reg_feat, level)`` runs the predictors on final tower features.
-* ``forward(feats, tap=i, tap_activated=True)`` also returns the features after layer ``i``, after
-  its ReLU (``tap_activated=False``: before it).
+* ``forward_taps(feats, layer, activated=True)`` also returns the features after layer ``layer``,
+  after its ReLU (``activated=False``: before it).
 
 Label assignment skips priors outside each image's own extent (``uses_valid_flags``): they are
 ``IGNORE`` in the assignment and carry no weight in any loss, as in MMDetection's anchor heads.
@@ -18,15 +19,15 @@ Label assignment skips priors outside each image's own extent (``uses_valid_flag
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torchvision.ops import batched_nms
 
-from .assigners import IGNORE
-from .dist import reduce_mean
+from .criterion import Assignment, DenseCriterion
 from .layers import ConvModule
+from .postprocess import batched_nms_topk, filter_scores_and_topk
 from .priors import valid_flags
 
 __all__ = ["DenseHead", "TestCfg", "flatten_levels"]
@@ -58,9 +59,14 @@ class DenseHead(nn.Module):
     #: priors over batch padding are excluded from assignment and losses (MMDetection's anchor
     #: heads; its FCOS head does not use valid flags)
     uses_valid_flags: bool = True
-    #: the positives count that averages the losses is averaged over processes (ATSS, GFL, FCOS);
-    #: MMDetection's RetinaNet (``AnchorHead``) uses each process's own count
-    sync_avg_factor: bool = True
+    #: GFL: ``reg`` holds per-side distribution logits over this many bins (compared as
+    #: distributions by CrossKD); ``None``: ``reg`` decodes to boxes with :meth:`decode`
+    reg_distribution_bins: int | None = None
+    #: CrossKD's reference settings for the family: tower layer, loss weights
+    #: (``layer``, ``cls``, ``reg``, ``centerness``, ``pkd``); ``None``: not supported
+    kd_defaults: ClassVar[dict[str, float] | None] = None
+    #: the family's assignment and losses; set by each family's ``__init__``
+    criterion: DenseCriterion
 
     def __init__(
         self,
@@ -120,21 +126,23 @@ class DenseHead(nn.Module):
     def predict_level(self, cls_feat: torch.Tensor, reg_feat: torch.Tensor, level: int) -> LevelOutputs:
         raise NotImplementedError
 
-    def forward(self, feats: list[torch.Tensor], tap: int | None = None, tap_activated: bool = True):
-        """Per-level raw outputs; with ``tap=i`` also the tower features after ``i`` layers
-        (``{'cls': ..., 'reg': ...}`` per level; ``i = 0`` gives the FPN feature), taken after the
-        layer's ReLU (``tap_activated=True``) or before it."""
+    def forward(self, feats: list[torch.Tensor]) -> list[LevelOutputs]:
+        """Per-level raw outputs."""
+        return [self.predict_level(self.forward_tower(x, "cls"), self.forward_tower(x, "reg"), level)
+                for level, x in enumerate(feats)]
+
+    def forward_taps(self, feats: list[torch.Tensor], layer: int, *,
+                     activated: bool = True) -> tuple[list[LevelOutputs], list[dict[str, torch.Tensor]]]:
+        """Per-level raw outputs and the tower features after ``layer`` layers (``{'cls', 'reg'}``
+        per level; ``layer = 0`` gives the FPN feature), after that layer's ReLU (``activated``) or before it."""
         outputs, taps = [], []
         for level, x in enumerate(feats):
-            if tap is None:
-                cls_feat, reg_feat = self.forward_tower(x, "cls"), self.forward_tower(x, "reg")
-            else:
-                cls_mid = self.forward_tower(x, "cls", 0, tap, activate_last=tap_activated)
-                reg_mid = self.forward_tower(x, "reg", 0, tap, activate_last=tap_activated)
-                taps.append({"cls": cls_mid, "reg": reg_mid})
-                cls_feat, reg_feat = self.forward_tower(cls_mid, "cls", tap), self.forward_tower(reg_mid, "reg", tap)
+            cls_mid = self.forward_tower(x, "cls", 0, layer, activate_last=activated)
+            reg_mid = self.forward_tower(x, "reg", 0, layer, activate_last=activated)
+            taps.append({"cls": cls_mid, "reg": reg_mid})
+            cls_feat, reg_feat = self.forward_tower(cls_mid, "cls", layer), self.forward_tower(reg_mid, "reg", layer)
             outputs.append(self.predict_level(cls_feat, reg_feat, level))
-        return outputs if tap is None else (outputs, taps)
+        return outputs, taps
 
     # ----------------------------------------------------------- priors and boxes
     def priors(self, sizes: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
@@ -146,40 +154,26 @@ class DenseHead(nn.Module):
         """Regression outputs [K, reg_channels] at ``priors`` [K, ...] -> xyxy boxes [K, 4]."""
         raise NotImplementedError
 
-    def assign_single(self, level_priors: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
-        """One image's label assignment: per prior, the index of its GT box, ``NEGATIVE`` or ``IGNORE``."""
-        raise NotImplementedError
-
     def valid_flags(self, level_sizes: list[tuple[int, int]], image_size: tuple[int, int], size_divisor: int = 32,
                     device: torch.device | str = "cpu") -> list[torch.Tensor]:
         """Per level, the priors over the image's own (``size_divisor``-padded) extent."""
         return valid_flags(level_sizes, self.strides, self.num_anchors, image_size, size_divisor, device)
 
-    def assign(self, outputs: list[LevelOutputs], targets: list[dict],
-               image_sizes: list[tuple[int, int]] | None = None, size_divisor: int = 32) -> torch.Tensor:
-        """The assignment the detection losses use, for every image: ``[N, num_priors]``. Public so
-        distillers average their terms over the same positives (``targets`` in the resized frame).
-        With ``image_sizes`` (resized, before batch padding) priors outside an image's extent are
-        left out of the assignment (ATSS candidates included) and marked ``IGNORE``."""
-        sizes = self.level_sizes(outputs)
-        device = outputs[0]["cls"].device
-        level_priors = self.priors(sizes, device)
-        out = []
-        for i, t in enumerate(targets):
-            if image_sizes is None or not self.uses_valid_flags:
-                out.append(self.assign_single(level_priors, t["boxes"]))
-                continue
-            flags = self.valid_flags(sizes, image_sizes[i], size_divisor, device)
-            inside = self.assign_single([p[f] for p, f in zip(level_priors, flags)], t["boxes"])
-            assigned = inside.new_full((sum(len(p) for p in level_priors),), IGNORE)
-            assigned[torch.cat(flags)] = inside
-            out.append(assigned)
-        return torch.stack(out)
+    def batch_valid_flags(self, outputs: list[LevelOutputs], image_sizes: list[tuple[int, int]] | None,
+                          size_divisor: int = 32) -> list[list[torch.Tensor]] | None:
+        """Per image, :meth:`valid_flags`; ``None`` without ``image_sizes`` or where the family uses none."""
+        if image_sizes is None or not self.uses_valid_flags:
+            return None
+        sizes, device = self.level_sizes(outputs), outputs[0]["cls"].device
+        return [self.valid_flags(sizes, size, size_divisor, device) for size in image_sizes]
 
-    def avg_factor(self, count: torch.Tensor | float, device: torch.device, minimum: float = 1.0) -> torch.Tensor:
-        """A loss normaliser: averaged over processes when ``sync_avg_factor`` (see there), >= ``minimum``."""
-        count = torch.as_tensor(count, dtype=torch.float32, device=device)
-        return (reduce_mean(count) if self.sync_avg_factor else count).clamp(min=minimum)
+    def assign(self, outputs: list[LevelOutputs], targets: list[dict],
+               image_sizes: list[tuple[int, int]] | None = None, size_divisor: int = 32) -> Assignment:
+        """The assignment the detection losses use (``targets`` in the resized frame). With
+        ``image_sizes`` (resized, before batch padding) priors outside an image's extent are
+        left out of the assignment (ATSS candidates included) and marked ``IGNORE``."""
+        level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
+        return self.criterion.assign(level_priors, targets, self.batch_valid_flags(outputs, image_sizes, size_divisor))
 
     def prior_strides(self, priors: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat([p.new_full((len(p),), float(s)) for p, s in zip(priors, self.strides)])
@@ -204,13 +198,7 @@ class DenseHead(nn.Module):
             boxes_l, scores_l, labels_l = [], [], []
             for level, (o, pri) in enumerate(zip(outputs, priors)):
                 scores = o["cls"][i].permute(1, 2, 0).reshape(-1, self.num_classes).float().sigmoid()
-                # MMDetection's filter_scores_and_topk: threshold, then keep the nms_pre best (prior, class) pairs.
-                keep = torch.nonzero(scores > cfg.score_thr)
-                kept_scores = scores[keep[:, 0], keep[:, 1]]
-                if len(kept_scores) > cfg.nms_pre:
-                    kept_scores, order = kept_scores.topk(cfg.nms_pre)
-                    keep = keep[order]
-                idx, labels = keep[:, 0], keep[:, 1]
+                kept_scores, idx, labels = filter_scores_and_topk(scores, cfg.score_thr, cfg.nms_pre)
                 reg = o["reg"][i].permute(1, 2, 0).reshape(-1, self.reg_channels)[idx].float()
                 stride = torch.full((len(idx),), float(self.strides[level]), device=reg.device)
                 boxes = self.decode(reg, pri[idx], stride, max_shape=size)
@@ -220,13 +208,22 @@ class DenseHead(nn.Module):
                 scores_l.append(kept_scores)
                 labels_l.append(labels)
             boxes, scores, labels = torch.cat(boxes_l), torch.cat(scores_l), torch.cat(labels_l)
-            wh = boxes[:, 2:] - boxes[:, :2]
-            ok = (wh > cfg.min_bbox_size).all(1)
-            boxes, scores, labels = boxes[ok], scores[ok], labels[ok]
-            keep = batched_nms(boxes, scores, labels, cfg.nms_iou)[: cfg.max_per_img]
+            keep = batched_nms_topk(boxes, scores, labels, iou_threshold=cfg.nms_iou, max_num=cfg.max_per_img,
+                                    min_bbox_size=cfg.min_bbox_size)
             results.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
         return results
 
+    # ----------------------------------------------------------------- training
+    def loss_and_assignment(self, outputs: list[LevelOutputs], targets: list[dict],
+                            image_sizes: list[tuple[int, int]]) -> tuple[dict[str, torch.Tensor], Assignment]:
+        """Detection losses and the assignment they used (for distillers); ``image_sizes`` are the
+        resized sizes before batch padding (valid flags)."""
+        level_priors = self.priors(self.level_sizes(outputs), outputs[0]["cls"].device)
+        assignment = self.criterion.assign(level_priors, targets, self.batch_valid_flags(outputs, image_sizes))
+        losses = self.criterion.loss(self.flatten(outputs), torch.cat(level_priors), self.prior_strides(level_priors),
+                                     assignment)
+        return losses, assignment
+
     def loss(self, outputs: list[LevelOutputs], targets: list[dict], image_sizes: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         """Detection losses; ``image_sizes`` are the resized sizes before batch padding (valid flags)."""
-        raise NotImplementedError
+        return self.loss_and_assignment(outputs, targets, image_sizes)[0]

@@ -91,6 +91,11 @@ class Detector(nn.Module):
     def extract_feats(self, x: torch.Tensor) -> list[torch.Tensor]:
         return self.neck(self.backbone(x))
 
+    @property
+    def feature_strides(self) -> tuple[int, ...]:
+        """The strides of the :meth:`extract_feats` levels (the neck's ``output_shape()``)."""
+        return tuple(s.stride for s in self.neck.output_shape().values())
+
     def _autocast(self):
         if self.inference_dtype is None or self.training:
             return contextlib.nullcontext()

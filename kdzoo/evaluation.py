@@ -15,17 +15,22 @@ import contextlib
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
+import torch.nn as nn
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from torch.utils.data import DataLoader, DistributedSampler
 
-__all__ = ["CocoEvaluator", "evaluate_results", "format_table", "save_results_json"]
+from .checkpoint import atomic_write
+from .data.coco import CocoDetection, collate_fn
+from .distributed import is_distributed, rank, world_size
+
+__all__ = ["CocoEvaluator", "evaluate", "evaluate_results", "format_table", "save_results_json", "summary_table"]
 
 # Order of COCOeval.stats for iouType="bbox".
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -210,19 +215,85 @@ def format_table(metrics: Mapping[str, Any], digits: int = 1) -> str:
 
 
 def save_results_json(path: str | Path, results: list[dict[str, Any]]) -> Path:
-    """Write COCO results atomically (temp file + rename) so readers never see half a file."""
+    """Write COCO results atomically so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
             json.dump(results, f)
-        mask = os.umask(0o022)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp creates 0600: follow the user's umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
     return path
+
+
+# --------------------------------------------------------------------------- running a model
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module,
+    dataset: CocoDetection,
+    *,
+    batch_size: int = 1,
+    workers: int = 2,
+    device: torch.device | str = "cpu",
+    progress: bool = False,
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
+    """COCO metrics and results of ``model`` on ``dataset``.
+
+    In a process group each rank runs a shard (``DistributedSampler``); the per-rank results are
+    gathered with ``all_gather_object`` and evaluated once. Returns ``(metrics, results)`` on
+    rank 0 and ``(None, None)`` on the other ranks.
+    """
+    was_training = model.training
+    model.eval()
+    sampler = DistributedSampler(dataset, shuffle=False) if is_distributed() else None
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate_fn)
+    evaluator = CocoEvaluator(dataset.coco, dataset.label_to_cat_id)
+    it = loader
+    if progress and rank() == 0:
+        from tqdm import tqdm
+
+        it = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    try:
+        for images, targets in it:
+            outputs = model([im.to(device) for im in images])
+            evaluator.update([t["image_id"] for t in targets], outputs)
+    finally:
+        model.train(was_training)
+    if is_distributed():
+        states: list[Any] = [None] * world_size()
+        dist.all_gather_object(states, evaluator.state_dict())
+        if rank() != 0:
+            return None, None
+        evaluator.merge(states)
+    # all_images: an image without any detection still counts (its objects are misses).
+    metrics = evaluator.summarize(dataset.categories, all_images=True)
+    metrics["images"] = len(evaluator.image_ids)  # evidence that the gathered shards cover the dataset
+    return metrics, evaluator.results()
+
+
+def summary_table(run_dirs: list[str]) -> str:
+    """Headline AP of several runs (from each run's ``eval.json``) and their per-class AP."""
+    runs = {}
+    for d in run_dirs:
+        if Path(d).suffix in (".yaml", ".yml"):  # a recipe stands for its run directory
+            from .recipe import load_recipe
+
+            d = load_recipe(d).output_dir
+        path = Path(d) / "eval.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; is {d} a finished training run?")
+        runs[Path(d).name] = json.loads(path.read_text())
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    width = max(12, *(len(n) for n in runs))
+
+    def fmt(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.1f}"
+
+    lines = [f"{'run':<{width}}  {'iters':>6}  " + "  ".join(f"{k:>5}" for k in keys)]
+    lines += [f"{n:<{width}}  {m.get('iter', 0):>6}  " + "  ".join(f"{fmt(m.get(k)):>5}" for k in keys) for n, m in runs.items()]
+    classes = list(next(iter(runs.values())).get("per_class", {}))
+    if classes:
+        lines += ["", f"{'class AP':<12}" + "".join(f"  {n[-14:]:>14}" for n in runs)]
+        lines += [f"{c:<12}" + "".join(f"  {fmt(m.get('per_class', {}).get(c)):>14}" for m in runs.values()) for c in classes]
+    return "\n".join(lines)

@@ -36,7 +36,6 @@ Note: ``kdzoo.export`` (the package attribute) is the :func:`export` function; t
 """
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import os
@@ -56,7 +55,7 @@ from .export_path import INPUT_NAMES, OUTPUT_NAMES, ExportableDetector
 from .transform import check_images as _check_image_list, keep_ratio_size
 
 __all__ = ["export", "load_exported", "is_exported_path", "ExportError", "ExportResult", "ExportedDetector",
-           "ParityReport", "compare_detections", "sample_images", "FORMATS", "BACKENDS", "main"]
+           "ParityReport", "ParityError", "compare_detections", "sample_images", "check_format", "FORMATS", "BACKENDS"]
 
 FORMATS = ("onnx", "torch", "openvino")
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -76,7 +75,7 @@ BOX_TOL, SCORE_TOL = 1e-3, 1e-4
 FP16_BOX_TOL, FP16_SCORE_TOL, FP16_MIN_SCORE = 2.0, 2e-2, 0.3
 
 
-class ExportError(Exception):
+class ExportError(ValueError):
     """A problem the user can fix (bad format, missing package, unreadable file, parity failure)."""
 
 
@@ -101,7 +100,7 @@ def _require(what: str) -> dict[str, Any]:
     return mods
 
 
-def _check_format(fmt: str) -> str:
+def check_format(fmt: str) -> str:
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of: {', '.join(FORMATS)}")
     return fmt
@@ -627,7 +626,7 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", *, d
     stay fp32; OpenVINO keeps fp32 arithmetic with fp16-compressed weights). ``check`` runs the
     exported file on ``check_images`` (default: :func:`sample_images`) and raises
     :class:`ExportError` when it differs from the eager model. Returns an :class:`ExportResult`."""
-    fmt = _check_format(format)
+    fmt = check_format(format)
     if fmt in ("onnx", "openvino"):
         _require("onnx")
     if fmt == "openvino":
@@ -763,49 +762,9 @@ def _export_onnx(graph: nn.Module, example, dynamic, path: Path, opset: int, met
 
 
 # ----------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kdzoo.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="registry name with weights (arch.tag), hf-hub:org/name, local-dir:path or a run directory")
-    p.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default onnx)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--dynamic-batch", action="store_true", help="accept any batch size (default: batch 1)")
-    p.add_argument("--input-size", type=int, nargs=2, metavar=("LONG", "SHORT"),
-                   help="keep-ratio resize target (default: the model's)")
-    p.add_argument("--fixed-size", action="store_true",
-                   help="one fixed input canvas (the input size padded to 32) instead of dynamic height/width")
-    p.add_argument("--fp16", action="store_true", help="half-precision network (OpenVINO: fp16-compressed weights)")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET})")
-    p.add_argument("--max-per-img", type=int, default=None, help="detections per image (default: the model's, 100)")
-    p.add_argument("--score-thr", type=float, default=None, help="score threshold in the graph (default: the model's)")
-    p.add_argument("--no-check", action="store_true", help="skip the parity check against the eager model")
-    p.add_argument("--allow-random", action="store_true", help="export a registry architecture without weights (random init)")
-    p.add_argument("--verbose", action="store_true", help="show the exporters' own messages")
-    args = p.parse_args(argv)
-    from .predict import PredictError, load_model
-
-    try:
-        _check_format(args.format)
-        loaded = load_model(args.model, "cpu", allow_random=args.allow_random)
-        print(f"exporting {args.model} ({loaded.num_params / 1e6:.2f} M parameters) to {args.format} ...", file=sys.stderr)
-        result = export(loaded.model, args.out, args.format, dynamic_batch=args.dynamic_batch,
-                        fixed_size=args.fixed_size, input_size=tuple(args.input_size) if args.input_size else None,
-                        fp16=args.fp16, opset=args.opset, check=not args.no_check, max_per_img=args.max_per_img,
-                        score_thr=args.score_thr, name=args.model, verbose=args.verbose)
-    except ParityError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except (ExportError, PredictError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for f in result.files:
-        print(f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB)")
-    if result.parity is not None:
-        print(f"parity ({result.parity.backend}): {result.parity.message}")
-    print(f"done in {result.seconds:.0f} s; run it with: python -m kdzoo.predict IMAGES --model {result.path}"
-          + (" --backend openvino" if result.format == "openvino" else ""))
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m kdzoo.export: the same as `kdzoo export`
+    from kdzoo.cli import run_command
+
+    sys.exit(run_command("export"))

@@ -3,24 +3,25 @@ points at cell centres, size ranges per level, exp() distances in pixels, focal 
 loss weighted by centerness targets, centerness from the classification tower, NMS 0.5."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .assigners import fcos_assign
 from .box_ops import distance2bbox
-from .builder import build_dense_detector
+from .builder import build_dense_detector, build_detector_with_cfg
+from .criterion import Assignment, DenseCriterion
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
 from .layers import Scale
-from .losses import focal_loss, iou_loss, one_hot
-from .pretrained import PretrainedCfg
+from .losses import iou_loss
 from .priors import PointGenerator
-from .registry import register_detector, register_pretrained_cfgs
+from .published import CAFFE_INPUT, crosskd_cfg, mmdet_cfg
+from .registry import register_alias, register_detector, register_pretrained_cfgs
 
-__all__ = ["FCOSHead", "centerness_target"]
+__all__ = ["FCOSHead", "FCOSCriterion", "centerness_target", "side_distances"]
 
 INF = 1e8
 
@@ -32,9 +33,64 @@ def centerness_target(distances: torch.Tensor) -> torch.Tensor:
     return c.clamp(min=0).sqrt()
 
 
+def side_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """(l, t, r, b) distances from ``points`` [K, 2] to the sides of ``boxes`` [K, 4]."""
+    return torch.cat([points - boxes[:, :2], boxes[:, 2:] - points], 1)
+
+
+class FCOSCriterion(DenseCriterion):
+    """FCOS assignment (size ranges per level); focal loss, IoU loss on the positives weighted by
+    the centerness targets and centerness BCE."""
+
+    centerness_avg_minimum = 1e-6
+    kd_box_loss = staticmethod(iou_loss)
+
+    def __init__(self, num_classes: int, *, regress_ranges: tuple[tuple[float, float], ...],
+                 loss_weights: dict[str, float]) -> None:
+        super().__init__(num_classes, loss_weights=loss_weights)
+        self.regress_ranges = regress_ranges
+
+    def assign_single(self, level_priors: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+        points = torch.cat(level_priors)
+        ranges = torch.cat([points.new_tensor(r).expand(len(p), 2) for r, p in zip(self.regress_ranges, level_priors)])
+        return fcos_assign(points, ranges, boxes)
+
+    def centerness_targets(self, pos_priors: torch.Tensor, pos_gt_boxes: torch.Tensor) -> torch.Tensor:
+        return centerness_target(side_distances(pos_priors, pos_gt_boxes))
+
+    def loss(self, flat: dict[str, torch.Tensor], priors: torch.Tensor, strides: torch.Tensor,
+             assignment: Assignment) -> dict[str, torch.Tensor]:
+        pos, n = assignment.positive, len(assignment.positive)
+        pos_points = priors[None].expand(n, -1, -1)[pos]
+        pos_pred, pos_ctr = flat["reg"][pos], flat["centerness"][pos]
+        if pos.any():
+            loss_bbox = self.loss_bbox(pos_points, pos_pred, assignment)
+            loss_ctr = self.loss_centerness(pos_ctr, assignment)
+        else:
+            loss_bbox = pos_pred.sum() * 0
+            loss_ctr = pos_ctr.sum() * 0
+        return {
+            "loss_cls": self.loss_weights["cls"] * self.loss_cls(flat["cls"], assignment),
+            "loss_bbox": self.loss_weights["bbox"] * loss_bbox,
+            "loss_centerness": self.loss_weights["centerness"] * loss_ctr,
+        }
+
+    @staticmethod
+    def loss_bbox(pos_points: torch.Tensor, pos_pred: torch.Tensor, assignment: Assignment) -> torch.Tensor:
+        """IoU loss weighted by the centerness targets, averaged by their sum."""
+        pos_target = side_distances(pos_points, assignment.pos_gt_boxes)
+        ious = iou_loss(distance2bbox(pos_points, pos_pred), distance2bbox(pos_points, pos_target))
+        return (ious * assignment.centerness_targets).sum() / assignment.centerness_avg
+
+    def kd_avg_factor(self, assignment: Assignment) -> torch.Tensor:
+        """CrossKD's reference averages FCOS's KD terms by the bbox loss's normaliser."""
+        return assignment.centerness_avg
+
+
 class FCOSHead(DenseHead):
     has_centerness = True
     uses_valid_flags = False  # MMDetection's FCOS assigns every point, padding included
+    kd_defaults = dict(layer=2, cls=0.4, reg=0.75, centerness=0.0, pkd=2.0)
 
     def __init__(self, num_classes: int, *, regress_ranges: tuple[tuple[float, float], ...] | None = None,
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 1.0, loss_centerness_weight: float = 1.0,
@@ -48,7 +104,8 @@ class FCOSHead(DenseHead):
         self.regress_ranges = regress_ranges or ((-1, 64), (64, 128), (128, 256), (256, 512), (512, INF))
         if len(self.regress_ranges) != len(self.strides):
             raise ValueError(f"regress_ranges has {len(self.regress_ranges)} entries for {len(self.strides)} levels")
-        self.loss_weights = {"cls": loss_cls_weight, "bbox": loss_bbox_weight, "centerness": loss_centerness_weight}
+        self.criterion = FCOSCriterion(num_classes, regress_ranges=self.regress_ranges, loss_weights={
+            "cls": loss_cls_weight, "bbox": loss_bbox_weight, "centerness": loss_centerness_weight})
         self.init_weights(self.conv_cls)
 
     def predict_level(self, cls_feat: torch.Tensor, reg_feat: torch.Tensor, level: int) -> LevelOutputs:
@@ -61,96 +118,58 @@ class FCOSHead(DenseHead):
     def decode(self, reg, priors, strides, max_shape=None):
         return distance2bbox(priors, reg, max_shape)
 
-    def assign_single(self, level_priors, boxes):
-        points = torch.cat(level_priors)
-        ranges = torch.cat([points.new_tensor(r).expand(len(p), 2) for r, p in zip(self.regress_ranges, level_priors)])
-        return fcos_assign(points, ranges, boxes)
 
-    def loss(self, outputs, targets, image_sizes):
-        points = torch.cat(self.priors(self.level_sizes(outputs), outputs[0]["cls"].device))
-        flat = self.flatten(outputs)
-        all_labels, pos_pred, pos_target, pos_points, pos_ctr = [], [], [], [], []
-        for i, (t, assigned) in enumerate(zip(targets, self.assign(outputs, targets))):
-            pos = assigned >= 0
-            labels = torch.full_like(assigned, self.num_classes)
-            labels[pos] = t["labels"][assigned[pos]]
-            all_labels.append(labels)
-            gt = t["boxes"][assigned[pos]]
-            pp = points[pos]
-            pos_target.append(torch.cat([pp - gt[:, :2], gt[:, 2:] - pp], 1))
-            pos_pred.append(flat["reg"][i][pos])
-            pos_points.append(pp)
-            pos_ctr.append(flat["centerness"][i][pos])
-        labels = torch.cat(all_labels)
-        num_pos = int((labels < self.num_classes).sum())
-        avg = self.avg_factor(num_pos, points.device)
-        loss_cls = focal_loss(flat["cls"].reshape(-1, self.num_classes), one_hot(labels, self.num_classes)).sum() / avg
-        pos_pred, pos_target = torch.cat(pos_pred), torch.cat(pos_target)
-        pos_points, pos_ctr = torch.cat(pos_points), torch.cat(pos_ctr)
-        if num_pos:
-            ctr_t = centerness_target(pos_target)
-            ctr_avg = self.avg_factor(ctr_t.sum().detach(), points.device, minimum=1e-6)
-            ious = iou_loss(distance2bbox(pos_points, pos_pred), distance2bbox(pos_points, pos_target))
-            loss_bbox = (ious * ctr_t).sum() / ctr_avg
-            loss_ctr = F.binary_cross_entropy_with_logits(pos_ctr, ctr_t, reduction="sum") / avg
-        else:
-            loss_bbox = pos_pred.sum() * 0
-            loss_ctr = pos_ctr.sum() * 0
-        return {
-            "loss_cls": self.loss_weights["cls"] * loss_cls,
-            "loss_bbox": self.loss_weights["bbox"] * loss_bbox,
-            "loss_centerness": self.loss_weights["centerness"] * loss_ctr,
-        }
+# What every fcos entry point builds; the recipe checker reads its keyword arguments from it.
+BUILD_FN = partial(build_dense_detector, FCOSHead)
 
 
-def _create(backbone: str, **kwargs: Any) -> DenseDetector:
-    kwargs.setdefault("add_extra_convs", "on_output")
-    kwargs.setdefault("relu_before_extra_convs", True)
-    kwargs.setdefault("nms_iou", 0.5)
-    return build_dense_detector(FCOSHead, backbone=backbone, **kwargs)
-
-
-# MMDetection's FCOS checkpoints use caffe-style ResNets fed BGR images with the caffe mean and
-# unit std, and frozen BatchNorm (requires_grad=False).
-_CAFFE = dict(mean=(102.9801, 115.9465, 122.7717), std=(1.0, 1.0, 1.0), bgr=True)
-register_pretrained_cfgs({
-    "fcos_r50": PretrainedCfg(**_CAFFE, paper="https://arxiv.org/abs/1904.01355"),
-    "fcos_r101": PretrainedCfg(**_CAFFE, paper="https://arxiv.org/abs/1904.01355"),
-})
+def _create(arch: str, backbone: str, pretrained: bool, defaults: dict[str, Any] | None = None,
+            **kwargs: Any) -> DenseDetector:
+    return build_detector_with_cfg(partial(BUILD_FN, backbone=backbone), arch, pretrained=pretrained,
+                                   defaults={"add_extra_convs": "on_output", "relu_before_extra_convs": True, "nms_iou": 0.5, **(defaults or {})}, **kwargs)
 
 
 @register_detector
 def fcos_r50(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
-    """FCOS, caffe ResNet-50 FPN, GN head (MMDetection ``fcos_r50-caffe_fpn_gn-head_1x_coco``)."""
-    kwargs.setdefault("style", "caffe")
-    kwargs.setdefault("freeze_norm", True)
-    return _create("resnet50", pretrained=pretrained, **kwargs)
+    """FCOS, caffe ResNet-50 FPN, GN head (MMDetection ``fcos_r50-caffe_fpn_gn-head_1x_coco``; the CrossKD FCOS student, tag ``crosskd_coco``)."""
+    return _create("fcos_r50", "resnet50", pretrained, dict(style="caffe", freeze_norm=True), **kwargs)
 
 
 @register_detector
 def fcos_r101(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """FCOS, caffe ResNet-101 FPN, GN head (MMDetection ``fcos_r101-caffe_fpn_gn-head_ms-640-800-2x_coco``)."""
-    kwargs.setdefault("style", "caffe")
-    kwargs.setdefault("freeze_norm", True)
-    return _create("resnet101", pretrained=pretrained, **kwargs)
+    return _create("fcos_r101", "resnet101", pretrained, dict(style="caffe", freeze_norm=True), **kwargs)
 
 
 @register_detector
 def fcos_r18(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """FCOS, ResNet-18 FPN-128: a CPU-friendly student."""
-    kwargs.setdefault("fpn_channels", 128)
-    return _create("resnet18", pretrained=pretrained, **kwargs)
+    return _create("fcos_r18", "resnet18", pretrained, dict(fpn_channels=128), **kwargs)
 
 
 @register_detector
 def fcos_mnv3(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """FCOS, MobileNetV3-Large FPN-128: a heterogeneous student."""
-    kwargs.setdefault("fpn_channels", 128)
-    return _create("mobilenetv3_large_100", pretrained=pretrained, **kwargs)
+    return _create("fcos_mnv3", "mobilenetv3_large_100", pretrained, dict(fpn_channels=128), **kwargs)
 
 
 @register_detector
 def fcos_convnext_t(pretrained: bool = False, **kwargs: Any) -> DenseDetector:
     """FCOS, ConvNeXt-T FPN: a heterogeneous teacher."""
-    kwargs.setdefault("norm_eval", False)
-    return _create("convnext_tiny", pretrained=pretrained, **kwargs)
+    return _create("fcos_convnext_t", "convnext_tiny", pretrained, dict(norm_eval=False), **kwargs)
+
+
+# MMDetection's FCOS checkpoints use caffe-style ResNets (frozen BatchNorm) fed BGR images.
+register_pretrained_cfgs({
+    "fcos_r50.mmdet_coco": mmdet_cfg("fcos", "fcos_r50_caffe_fpn_gn-head_1x_coco",
+                                     "fcos_r50_caffe_fpn_gn-head_1x_coco-821213aa.pth", 36.6, **CAFFE_INPUT),
+    "fcos_r50.mmdet_coco_ms2x": mmdet_cfg("fcos", "fcos_r50_caffe_fpn_gn-head_mstrain_640-800_2x_coco",
+                                          "fcos_r50_caffe_fpn_gn-head_mstrain_640-800_2x_coco-d92ceeea.pth", 38.5, **CAFFE_INPUT),
+    "fcos_r50.crosskd_coco": crosskd_cfg("fcos_r101.mmdet_coco", 41.1, "1ll5vOGFMEfOsNCkgbPuqh0uMNFnfICbE",
+                                         "crosskd_r50_fcos_r101-2x-ms_caffe_fpn_gn-head_2x_ms_coco", **CAFFE_INPUT),
+    "fcos_r50.crosskd_pkd_coco": crosskd_cfg("fcos_r101.mmdet_coco", 41.3, "1r-UzxAOYOfPJFIV5e7Rd3P3uC9gXP09v",
+                                             "crosskd+pkd_r50_fcos_r101-2x-ms_caffe_fpn_gn-head_2x_ms_coco", **CAFFE_INPUT),
+    "fcos_r101.mmdet_coco": mmdet_cfg("fcos", "fcos_r101_caffe_fpn_gn-head_mstrain_640-800_2x_coco",
+                                      "fcos_r101_caffe_fpn_gn-head_mstrain_640-800_2x_coco-511424d6.pth", 40.8, **CAFFE_INPUT),
+})
+register_alias("fcos_r50_crosskd", "fcos_r50.crosskd_coco")

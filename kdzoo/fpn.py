@@ -5,10 +5,15 @@ RetinaNet) or from P5 (``on_output``, FCOS/ATSS/GFL), optionally with a ReLU bef
 extra conv but the first (``relu_before_extra_convs``, FCOS), or by max-pooling
 (``add_extra_convs=False``, Faster R-CNN's P6). The layout maps one to one onto
 MMDetection's ``neck.lateral_convs.*`` / ``neck.fpn_convs.*`` (see ``kdzoo.convert``).
+
+Built from the backbone's ``output_shape()`` (``{'c3': ShapeSpec(channels, stride), ...}``), it
+gives its own: ``{'p3': ShapeSpec(out_channels, 8), ..., 'p7': ShapeSpec(out_channels, 128)}``,
+from which the heads take their strides (detectron2's contract).
 """
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -16,24 +21,26 @@ import torch.nn.functional as F
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import ExtraFPNBlock
 
+from .backbone import ShapeSpec
+
 __all__ = ["FPN", "MMDetExtraLevels"]
 
 
 class MMDetExtraLevels(ExtraFPNBlock):
-    def __init__(self, num_extra: int, in_channels: int, out_channels: int, *, source: str | bool, relu_before: bool) -> None:
+    def __init__(self, names: list[str], in_channels: int, out_channels: int, *, source: str | bool, relu_before: bool) -> None:
         super().__init__()
         if source not in ("on_input", "on_output", False):
             raise ValueError(f"add_extra_convs must be 'on_input', 'on_output' or False, got {source!r}")
         self.source = source
         self.relu_before = relu_before
-        self.num_extra = num_extra
+        self.names = list(names)
+        num_extra = len(self.names)
         if source:
             chans = [in_channels if source == "on_input" else out_channels] + [out_channels] * (num_extra - 1)
             self.convs = nn.ModuleList(nn.Conv2d(c, out_channels, 3, stride=2, padding=1) for c in chans)
 
     def forward(self, results: list[torch.Tensor], x: list[torch.Tensor], names: list[str]) -> tuple[list[torch.Tensor], list[str]]:
-        level = len(names) + 2 if names[0] == "c3" else len(names) + 1
-        for i in range(self.num_extra):
+        for i, name in enumerate(self.names):
             if not self.source:
                 out = F.max_pool2d(results[-1], 1, stride=2)
             elif i == 0:
@@ -41,16 +48,17 @@ class MMDetExtraLevels(ExtraFPNBlock):
             else:
                 out = self.convs[i](F.relu(results[-1]) if self.relu_before else results[-1])
             results.append(out)
-            names.append(f"p{level + i + 1}")
+            names.append(name)
         return results, names
 
 
 class FPN(nn.Module):
-    """Top-down FPN on backbone levels ``in_channels`` producing ``len(in_channels) + num_extra`` maps."""
+    """Top-down FPN on the backbone levels of ``input_shape`` producing ``len(input_shape) + num_extra``
+    maps, each extra level at twice the previous stride."""
 
     def __init__(
         self,
-        in_channels: list[int] | tuple[int, ...],
+        input_shape: Mapping[str, ShapeSpec],
         out_channels: int = 256,
         *,
         num_extra: int = 2,
@@ -59,16 +67,28 @@ class FPN(nn.Module):
     ) -> None:
         super().__init__()
         self.out_channels = out_channels
-        extra = MMDetExtraLevels(num_extra, in_channels[-1], out_channels, source=add_extra_convs,
+        self.in_features = tuple(input_shape)
+        in_channels = [s.channels for s in input_shape.values()]
+        strides = [s.stride for s in input_shape.values()]
+        strides += [strides[-1] * 2 ** (i + 1) for i in range(num_extra)]
+        self._output_shape = OrderedDict((f"p{s.bit_length() - 1}", ShapeSpec(out_channels, s)) for s in strides)
+        extra_names = list(self._output_shape)[len(in_channels):]
+        extra = MMDetExtraLevels(extra_names, in_channels[-1], out_channels, source=add_extra_convs,
                                  relu_before=relu_before_extra_convs) if num_extra else None
-        self.fpn = FeaturePyramidNetwork(list(in_channels), out_channels, extra_blocks=extra)
+        self.fpn = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=extra)
         # MMDetection initialises every FPN conv with Xavier-uniform and zero bias.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def output_shape(self) -> OrderedDict[str, ShapeSpec]:
+        """``{'p3': ShapeSpec(out_channels, 8), ...}``: every output level's width and stride."""
+        return OrderedDict(self._output_shape)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        return tuple(s.stride for s in self._output_shape.values())
+
     def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
-        first = 6 - len(feats)  # C3..C5 -> names c3..c5; C2..C5 -> c2..c5
-        named = OrderedDict((f"c{first + i}", f) for i, f in enumerate(feats))
-        return list(self.fpn(named).values())
+        return list(self.fpn(OrderedDict(zip(self.in_features, feats))).values())

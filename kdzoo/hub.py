@@ -1,6 +1,8 @@
-"""Loading from and publishing to the Hugging Face Hub and local directories (timm's conventions).
+"""The kdzoo model folder (timm's conventions): its one writer, :func:`save_pretrained`, and its
+reader for ``hf-hub:`` and ``local-dir:`` names, :func:`folder_config`.
 
-A kdzoo model directory (what :func:`save_pretrained` and ``python -m kdzoo.train`` write) holds
+A kdzoo model directory (what :func:`save_pretrained` writes, for a user, ``kdzoo.convert`` and at
+the end of every training run) holds
 
 * ``model.safetensors``: the plain state dict;
 * ``config.json``: ``{"architecture": arch, "kwargs": build kwargs, "published_weights": bool,
@@ -14,8 +16,9 @@ A kdzoo model directory (what :func:`save_pretrained` and ``python -m kdzoo.trai
 * a run directory also has ``recipe.yaml`` and ``metrics.jsonl`` (one JSON object per line; eval
   records carry ``"AP"``, COCO box AP in percent, and optionally ``AP50`` ... ``APl``, ``dataset``).
 
-``create_detector('hf-hub:org/name[@revision]')`` and ``create_detector('local-dir:path')``
-call :func:`load_from_source`.
+``create_detector('hf-hub:org/name[@revision]')``, ``create_detector('local-dir:path')`` (or a
+directory path) build the model from :func:`folder_config` like a registry name.
+:mod:`kdzoo.publish` stages a run directory and uploads it.
 """
 from __future__ import annotations
 
@@ -23,24 +26,25 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-import torch
 import torch.nn as nn
 
-from .pretrained import PretrainedCfg, load_state_dict_checked, read_weights_file
+from .checkpoint import atomic_write
+from .pretrained import PretrainedCfg
+from .registry import is_detector
 
-__all__ = ["load_from_source", "save_pretrained", "push_to_hub", "stage_run_dir", "model_card", "read_config",
+__all__ = ["folder_config", "save_pretrained", "model_card", "read_config", "cfg_fields", "json_tuples", "as_built",
            "last_eval_metrics", "run_config", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-_SOURCE_FIELDS = ("file", "hf_hub_id", "url", "url_hash", "filter_fn")  # where weights came from, not what they are
+# Where weights came from, not what they are. A Drive id is kept as provenance (a folder's own
+# safetensors file is always read first).
+_SOURCE_FIELDS = ("file", "hf_hub_id", "url", "url_hash", "filter_fn")
 _PUBLISHED_FIELDS = ("box_ap", "ap_dataset", "source")  # claims that only hold for unchanged weights
 # Everything a registry tag says about *its* weights; a model built from the tag but holding other
 # weights (trained, fine-tuned) keeps none of it. The license is kept: trained weights do not shed
@@ -71,18 +75,18 @@ def read_config(path: str | Path) -> dict[str, Any]:
     return config
 
 
-def _tuples(value: Any) -> Any:
+def json_tuples(value: Any) -> Any:
     """JSON arrays back to the tuples the builders were given (``input_size``, ``train_sizes``)."""
     if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
+        return tuple(json_tuples(v) for v in value)
     if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
+        return {k: json_tuples(v) for k, v in value.items()}
     return value
 
 
-def _cfg_overlay(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
+def cfg_fields(cfg_dict: Mapping[str, Any]) -> dict[str, Any]:
     known = {f.name for f in dataclasses.fields(PretrainedCfg)} - {"state_dict", "architecture", "tag"}
-    return {k: _tuples(v) for k, v in cfg_dict.items() if k in known}
+    return {k: json_tuples(v) for k, v in cfg_dict.items() if k in known}
 
 
 def _hub_download(repo_id: str, filename: str, revision: str | None) -> str:
@@ -105,14 +109,13 @@ def _hub_download(repo_id: str, filename: str, revision: str | None) -> str:
                                 "is it a kdzoo model (config.json + model.safetensors)?") from e
 
 
-def load_from_source(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Module:
-    """Rebuild a model from ``'hf-hub:org/name[@revision]'`` or ``'local-dir:path'`` and load its weights.
-
-    ``kwargs`` override the stored build kwargs (``score_thr``, ``input_size`` ...); with weights,
-    ``num_classes`` must equal the stored one.
+def folder_config(name: str, *, pretrained: bool, kwargs: Mapping[str, Any]) -> tuple[str, PretrainedCfg, dict[str, Any]]:
+    """``(architecture, pretrained cfg, build kwargs)`` of ``'hf-hub:org/name[@revision]'`` or
+    ``'local-dir:path'``: :func:`kdzoo.create_detector` builds the model from them like any
+    registry name. The cfg's ``file`` is the folder's weights (downloaded first from the Hub when
+    ``pretrained``); ``kwargs`` override the stored build kwargs, and with weights ``num_classes``
+    must equal the stored one.
     """
-    from .registry import create_detector, is_detector
-
     kind, _, ref = name.partition(":")
     if kind == "hf-hub":
         repo_id, _, revision = ref.partition("@")
@@ -120,14 +123,21 @@ def load_from_source(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Mo
             raise ValueError(f"{name!r}: expected 'hf-hub:org/name' or 'hf-hub:org/name@revision'")
         config_path = _hub_download(repo_id, CONFIG_NAME, revision or None)
         weights = lambda: _hub_download(repo_id, WEIGHTS_NAME, revision or None)  # noqa: E731
-        origin = {"hf_hub_id": repo_id}
     elif kind == "local-dir":
         directory = Path(ref).expanduser()
         if not directory.is_dir():
             raise FileNotFoundError(f"{name!r}: directory {str(directory)!r} does not exist")
         config_path = directory / CONFIG_NAME
-        weights = lambda: str(directory / WEIGHTS_NAME)  # noqa: E731
-        origin = {"file": str(directory / WEIGHTS_NAME)}
+
+        def weights() -> str:
+            if not (directory / WEIGHTS_NAME).is_file():
+                raise FileNotFoundError(f"{str(directory)!r} has no {WEIGHTS_NAME}: not a finished kdzoo model "
+                                        "directory (a training run writes it when it finishes)")
+            return str(directory / WEIGHTS_NAME)
+
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{str(directory)!r} is not a kdzoo model directory: expected {CONFIG_NAME} + "
+                                    f"{WEIGHTS_NAME} (a training run writes them when it finishes)")
     else:
         raise ValueError(f"{name!r}: expected a 'hf-hub:' or 'local-dir:' source")
     config = read_config(config_path)
@@ -135,20 +145,19 @@ def load_from_source(name: str, pretrained: bool = True, **kwargs: Any) -> nn.Mo
     if not is_detector(arch):
         raise ValueError(f"{name!r} was saved from architecture {arch!r}, which this kdzoo does not register; "
                          "upgrade kdzoo or import the module that registers it")
-    build_kwargs = {**_tuples(config.get("kwargs", {})), **kwargs}
-    overlay = {**_cfg_overlay(config.get("pretrained_cfg", {})), **{f: None for f in _SOURCE_FIELDS}, **origin}
+    overlay = {**cfg_fields(config.get("pretrained_cfg", {})), **{f: None for f in _SOURCE_FIELDS}}
     if not _claims_trusted(config, kind, config_path):
         overlay.update({f: None for f in _CLAIM_FIELDS})
     stored_classes = config.get("kwargs", {}).get("num_classes", overlay.get("num_classes"))
     if pretrained and "num_classes" in kwargs and stored_classes is not None and kwargs["num_classes"] != stored_classes:
         raise ValueError(f"{name!r} holds weights for {stored_classes} classes, got num_classes={kwargs['num_classes']}; "
                          "load with pretrained=False to train a new head")
-    model = create_detector(arch, pretrained=False, pretrained_cfg_overlay=overlay, **build_kwargs)
-    model.pretrained_cfg = dataclasses.replace(model.pretrained_cfg, **_as_built(model))
+    if kind == "hf-hub":
+        overlay["hf_hub_id"] = repo_id
     if pretrained:
-        weights_path = weights()
-        load_state_dict_checked(model, read_weights_file(weights_path), source=f"{name} ({Path(weights_path).name})")
-    return model
+        overlay["file"] = weights()
+    cfg = PretrainedCfg(architecture=arch, tag="", **overlay)
+    return arch, cfg, {**json_tuples(config.get("kwargs", {})), **kwargs}
 
 
 def _claims_trusted(config: Mapping[str, Any], kind: str, config_path: str | Path) -> bool:
@@ -166,7 +175,7 @@ def _claims_trusted(config: Mapping[str, Any], kind: str, config_path: str | Pat
     return kind == "hf-hub" or (Path(config_path).parent / "README.md").is_file()
 
 
-def _as_built(model: nn.Module) -> dict[str, Any]:
+def as_built(model: nn.Module) -> dict[str, Any]:
     """Config fields that must describe the model as it is built (class count, input size), whatever
     the registry tag it came from says."""
     fields: dict[str, Any] = {"num_classes": model.num_classes}
@@ -177,8 +186,6 @@ def _as_built(model: nn.Module) -> dict[str, Any]:
 
 
 def _arch(model: nn.Module) -> str:
-    from .registry import is_detector
-
     arch = getattr(model, "arch_name", "")
     if not arch or not is_detector(arch):
         raise ValueError(f"model has arch_name={arch!r}, not a registered architecture; "
@@ -191,7 +198,7 @@ def _own_cfg(model: nn.Module, keep_published: bool) -> PretrainedCfg:
     its own class count and input size, and the registry tag's claims only when ``keep_published``."""
     cfg: PretrainedCfg = getattr(model, "pretrained_cfg", None) or PretrainedCfg()
     updates: dict[str, Any] = {f: None for f in _SOURCE_FIELDS}
-    updates.update(architecture=_arch(model), **_as_built(model))
+    updates.update(architecture=_arch(model), **as_built(model))
     if not keep_published:
         updates.update({f: None for f in _CLAIM_FIELDS})
     return dataclasses.replace(cfg, **updates)
@@ -210,26 +217,6 @@ def run_config(model: nn.Module, *, keep_published: bool = False) -> dict[str, A
 
 
 # ------------------------------------------------------------------------------- saving
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _write_atomic(path: Path, write: Any) -> None:
-    """``write(tmp_path)`` then rename, so an interrupted save never leaves a half-written file.
-    The file gets the permissions the user's umask gives (``mkstemp`` alone leaves 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _jsonable(value: Any, where: str) -> Any:
     if isinstance(value, (tuple, list)):
         return [_jsonable(v, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -298,7 +285,7 @@ def save_pretrained(
         lineage.setdefault("recipe", recipe_path.name)
         lineage["recipe_sha256"] = _sha256(recipe_path)
         if recipe_path.resolve() != (out / "recipe.yaml").resolve():
-            _write_atomic(out / "recipe.yaml", lambda tmp: shutil.copyfile(recipe_path, tmp))
+            atomic_write(out / "recipe.yaml", lambda tmp: shutil.copyfile(recipe_path, tmp))
     if lineage.get("teacher"):
         updates["teacher"] = str(lineage["teacher"])
     if lineage.get("method"):
@@ -310,12 +297,12 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    _write_atomic(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     config = _config(model, cfg, keep_published)
-    _write_atomic(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     card = model_card(cfg, build_kwargs, metrics=metrics, lineage=lineage, repo_id=repo_id, license=license,
                       num_params=sum(t.numel() for t in tensors.values()))
-    _write_atomic(out / "README.md", lambda tmp: tmp.write_text(card))
+    atomic_write(out / "README.md", lambda tmp: tmp.write_text(card))
     return out
 
 
@@ -405,67 +392,3 @@ def last_eval_metrics(metrics_path: str | Path) -> dict[str, Any] | None:
         if isinstance(record, dict) and _headline(record) is not None:
             last = record
     return last
-
-
-def _run_lineage(recipe_path: Path) -> dict[str, Any]:
-    import yaml
-
-    recipe = yaml.safe_load(recipe_path.read_text()) or {}
-    if not isinstance(recipe, dict):
-        raise ValueError(f"{str(recipe_path)!r} is not a YAML mapping")
-    teacher, distill = recipe.get("teacher") or {}, recipe.get("distill") or {}
-    lineage = {}
-    if teacher:
-        lineage["teacher"] = teacher.get("name") or teacher.get("checkpoint")
-    if distill:
-        lineage["method"] = distill.get("method")
-    return {k: v for k, v in lineage.items() if v}
-
-
-def _run_dataset(recipe_path: Path) -> str | None:
-    import yaml
-
-    data = (yaml.safe_load(recipe_path.read_text()) or {}).get("data") or {}
-    if data.get("shapes") is not None:
-        return "kdzoo-shapes (synthetic)"
-    return Path(data["root"]).name if data.get("root") else None
-
-
-def stage_run_dir(run_dir: str | Path, out_dir: str | Path, *, repo_id: str | None = None,
-                  license: str | None = None) -> Path:
-    """Turn a training run directory into the folder to publish: the weights are loaded into their
-    architecture (which checks them), the last eval record of ``metrics.jsonl`` becomes the card's
-    measured AP and ``recipe.yaml`` the lineage."""
-    run_dir = Path(run_dir)
-    model = load_from_source(f"local-dir:{run_dir}", pretrained=True)
-    recipe = run_dir / "recipe.yaml"
-    metrics = last_eval_metrics(run_dir / "metrics.jsonl")
-    if metrics is not None and not metrics.get("dataset") and recipe.is_file():
-        metrics = {**metrics, "dataset": _run_dataset(recipe)}
-    lineage = _run_lineage(recipe) if recipe.is_file() else {}
-    return save_pretrained(model, out_dir, metrics=metrics, lineage=lineage,
-                           recipe_path=recipe if recipe.is_file() else None, repo_id=repo_id, license=license)
-
-
-def push_to_hub(model_or_run_dir: nn.Module | str | Path, repo_id: str, *, private: bool = False,
-                token: str | None = None, commit_message: str = "Upload kdzoo detector",
-                revision: str | None = None, **save_kwargs: Any) -> Any:
-    """Create ``repo_id`` (if needed) and upload a model or a run directory in one commit.
-
-    A model is written with :func:`save_pretrained` (``save_kwargs``: ``metrics``, ``lineage``,
-    ``recipe_path``, ``license``); a run directory with :func:`stage_run_dir`. Returns the
-    ``CommitInfo`` of the upload.
-    """
-    from huggingface_hub import HfApi
-
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"repo_id must be 'org/name', got {repo_id!r}")
-    with tempfile.TemporaryDirectory(prefix="kdzoo-push-") as tmp:
-        if isinstance(model_or_run_dir, nn.Module):
-            save_pretrained(model_or_run_dir, tmp, repo_id=repo_id, **save_kwargs)
-        else:
-            stage_run_dir(model_or_run_dir, tmp, repo_id=repo_id, license=save_kwargs.get("license"))
-        api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        return api.upload_folder(repo_id=repo_id, folder_path=tmp, repo_type="model",
-                                 commit_message=commit_message, revision=revision)

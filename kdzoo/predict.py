@@ -18,13 +18,11 @@ The same helpers (model loading, image reading, drawing) serve ``demo/app.py``.
 """
 from __future__ import annotations
 
-import argparse
 import colorsys
 import contextlib
 import dataclasses
 import glob
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,15 +34,17 @@ import torch
 import torch.nn as nn
 from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 
+from .checkpoint import atomic_write
+
 __all__ = ["PredictError", "LoadedModel", "load_model", "describe_model", "box_ap_text", "read_image", "expand_inputs",
            "detect", "draw_detections", "read_image_and_size", "to_original_pixels", "check_output_folder",
-           "predict_files", "main", "IMAGE_SUFFIXES", "MAX_SIDE"]
+           "predict_files", "IMAGE_SUFFIXES", "MAX_SIDE"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MAX_SIDE = 2048  # longer images are downscaled first: detectors resize to ~1333 px anyway, drawing stays fast
 
 
-class PredictError(Exception):
+class PredictError(ValueError):
     """A problem with the user's input (model name, image files) that deserves a one-line message."""
 
 
@@ -79,43 +79,27 @@ def load_model(spec: str, device: str | torch.device = "cpu", *, allow_random: b
     ``allow_random``: a registry architecture without weights is built untrained with the shapes
     classes (the demo shows it; it finds nothing) instead of raising.
     """
-    from . import create_detector, get_pretrained_cfg, list_pretrained
-    from .registry import is_detector, split_name
+    from .factory import create_detector, parse_source
+    from .registry import get_pretrained_cfg, list_pretrained, resolve_name
 
-    spec = spec.strip()
-    if not spec:
-        raise PredictError("empty model name")
-    if _is_exported(spec):  # a kdzoo.export file or folder: runs on the file's own runtime
-        return load_model_for_backend(spec, None, device)
+    if _is_exported(spec.strip()):  # a kdzoo.export file or folder: runs on the file's own runtime
+        return load_model_for_backend(spec.strip(), None, device)
     note = ""
     try:
-        path = Path(spec).expanduser()
-        if spec.startswith(("hf-hub:", "local-dir:")):
-            model = create_detector(spec, pretrained=True)
-        elif path.is_dir():
-            if not (path / "config.json").is_file():
-                raise PredictError(f"{spec!r} is a directory but not a kdzoo run directory (no config.json + "
-                                   "model.safetensors; training writes them when it finishes)")
-            model = create_detector(f"local-dir:{path}", pretrained=True)
-        elif is_detector(split_name(spec)[0]):
-            if get_pretrained_cfg(spec).has_weights:
-                model = create_detector(spec, pretrained=True)
-            elif allow_random and not split_name(spec)[1]:
-                from .data.shapes import CLASS_NAMES
+        source = parse_source(spec)
+        if source.startswith(("hf-hub:", "local-dir:")) or get_pretrained_cfg(source).has_weights:
+            model = create_detector(source, pretrained=True)
+        elif allow_random and not resolve_name(source)[1]:
+            from .data.shapes import CLASS_NAMES
 
-                model = create_detector(spec, num_classes=len(CLASS_NAMES),
-                                        pretrained_cfg_overlay=dict(categories=CLASS_NAMES))
-                note = "untrained: random weights"
-            else:
-                have = list_pretrained(f"{split_name(spec)[0]}*")
-                hint = f"tags with weights: {', '.join(have)}" if have else "no tag of it has weights"
-                raise PredictError(f"{spec!r} has no pretrained weights ({hint}); give a name with weights, "
-                                   "an hf-hub: id or a training run directory")
-        elif "/" in spec or spec.startswith((".", "~")):
-            raise PredictError(f"{spec!r}: no such run directory")
+            model = create_detector(source, num_classes=len(CLASS_NAMES), pretrained_cfg_overlay=dict(categories=CLASS_NAMES))
+            note = "untrained: random weights"
         else:
-            create_detector(spec)  # raises the registry's KeyError with close matches
-            raise AssertionError("unreachable")
+            arch = resolve_name(source)[0]
+            have = list_pretrained(f"{arch}*")
+            hint = f"tags with weights: {', '.join(have)}" if have else "no tag of it has weights"
+            raise PredictError(f"{spec!r} has no pretrained weights ({hint}); give a name with weights, "
+                               "an hf-hub: id or a training run directory")
     except PredictError:
         raise
     except KeyError as e:
@@ -378,21 +362,9 @@ def check_output_folder(files: Sequence[Path], out_dir: str | Path, names: Seque
                                "it would be overwritten: give another output folder (default: predictions)")
 
 
-def _write_new(path: Path, write: Any) -> None:
-    """``write(tmp)`` into a temporary file beside ``path``, then rename it over ``path``: an interrupted
-    run leaves no half-written file, and the file gets the permissions the user's umask gives."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _save_image(img: Image.Image, path: Path) -> None:
     fmt = Image.registered_extensions()[path.suffix.lower()]
-    _write_new(path, lambda tmp: img.save(tmp, format=fmt))
+    atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
 
 
 def predict_files(files: Sequence[Path], loaded: LoadedModel, out_dir: str | Path, *, score_thr: float = 0.3,
@@ -441,11 +413,11 @@ def predict_files(files: Sequence[Path], loaded: LoadedModel, out_dir: str | Pat
               "categories": [{"id": loaded.category_id(i), "name": n} for i, n in enumerate(loaded.categories)],
               "annotations": annotations}
     text = json.dumps(result, indent=1) + "\n"
-    _write_new(out / RESULTS_NAME, lambda tmp: tmp.write_text(text))
+    atomic_write(out / RESULTS_NAME, lambda tmp: tmp.write_text(text))
     return {**result, "skipped": skipped, "notices": notices}
 
 
-def _check_device(device: str) -> str:
+def check_device(device: str) -> str:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
@@ -500,45 +472,7 @@ def load_model_for_backend(spec: str, backend: str | None = "torch", device: str
                        model.num_params, note, list(meta.get("category_ids") or []) or None)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kdzoo.predict", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="image files, folders or glob patterns (quote them)")
-    p.add_argument("--model", required=True, help="registry name (arch.tag), hf-hub:org/name, a run directory, "
-                                                  "or an exported file (.onnx, .pt2, OpenVINO .xml)")
-    p.add_argument("--out", default="predictions",
-                   help="output folder (default: predictions); never an input's folder, and a file already "
-                        "there is overwritten only if an earlier kdzoo.predict run wrote it, else nothing is written")
-    p.add_argument("--score-thr", type=float, default=0.3, help="keep detections scoring at least this (default 0.3)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--backend", default="torch", choices=BACKENDS,
-                   help="torch: eager PyTorch (default; an exported --model file runs on its own runtime), "
-                        "onnxruntime or openvino: an exported file (python -m kdzoo.export) or a model exported on the fly")
-    args = p.parse_args(argv)
-    try:
-        if not 0.0 <= args.score_thr <= 1.0:
-            raise PredictError(f"--score-thr must be in [0, 1], got {args.score_thr}")
-        device = _check_device(args.device)
-        files = expand_inputs(args.inputs)
-        check_output_folder(files, args.out)  # before the model loads: a refusal comes at once
-        loaded = load_model_for_backend(args.model, args.backend, device)
-        print(f"model {describe_model(loaded)}", file=sys.stderr)
-        result = predict_files(files, loaded, args.out, score_thr=args.score_thr, device=device,
-                               batch_size=args.batch_size)
-    except PredictError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    for notice in result["notices"]:
-        print(f"note: {notice}", file=sys.stderr)
-    for s in result["skipped"]:
-        print(f"skipped: {s['error']}", file=sys.stderr)
-    print(f"{len(result['images'])} image(s), {len(result['annotations'])} detection(s) >= {args.score_thr} "
-          f"-> {Path(args.out) / 'results.json'}")
-    if result["skipped"] and not result["images"]:
-        return 2
-    return 1 if result["skipped"] else 0
+if __name__ == "__main__":  # python -m kdzoo.predict: the same as `kdzoo predict`
+    from kdzoo.cli import run_command
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("predict"))

@@ -31,7 +31,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-__all__ = ["PretrainedCfg", "load_pretrained", "load_state_dict_checked", "gdrive_cache_path", "gdrive_url",
+__all__ = ["PretrainedCfg", "load_pretrained", "no_weights_error", "load_state_dict_checked", "gdrive_cache_path", "gdrive_url",
            "url_cache_path", "read_weights_file", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 # MMDetection's pixel statistics (0..255 scale), used by its pytorch-style ResNet configs.
@@ -148,7 +148,12 @@ def _read_checkpoint(cfg: PretrainedCfg) -> dict[str, torch.Tensor]:
         except (ValueError, OSError) as e:
             raise ValueError(f"the cached download {str(path)!r} of {_display_name(cfg)} could not be read ({e}); "
                              "delete it to download it again") from e
-    raise RuntimeError(
+    raise no_weights_error(cfg)
+
+
+def no_weights_error(cfg: PretrainedCfg) -> RuntimeError:
+    """The one error for ``pretrained=True`` on a config without a weight source."""
+    return RuntimeError(
         f"No pretrained weights are configured for {cfg.architecture}.{cfg.tag or '(default)'}; "
         f"pick a tag from kdzoo.list_detectors('{cfg.architecture}*', pretrained=True) or pass "
         "pretrained_cfg_overlay=dict(file='path/to/weights')."

@@ -21,7 +21,6 @@ import inspect
 import json
 import os
 import re
-import tempfile
 import textwrap
 import types
 import typing
@@ -31,10 +30,12 @@ from typing import Any, Callable, Literal, Mapping
 
 import yaml
 
+from .checkpoint import atomic_write
+
 __all__ = [
     "Recipe", "ModelCfg", "DataCfg", "ShapesCfg", "ScheduleCfg", "TeacherCfg", "DistillCfg",
     "RecipeError", "load_recipe", "recipe_from_dict", "parse_overrides", "apply_overrides", "save_recipe",
-    "builder_kwargs", "resume_changes", "format_value", "current_umask", "RESUME_SAFE_KEYS",
+    "builder_kwargs", "resume_changes", "format_value", "RESUME_SAFE_KEYS",
 ]
 
 
@@ -267,18 +268,33 @@ _CREATE_DETECTOR_ARGS = frozenset({"pretrained", "pretrained_cfg"})
 
 
 def builder_kwargs(name: str) -> frozenset[str] | None:
-    """The keyword arguments ``kdzoo.create_detector(name, **kwargs)`` accepts: the registered
-    builder's own, followed through every call that forwards its ``**kwargs`` (e.g. a family's
-    ``_create`` -> ``build_dense_detector`` -> the head class' ``__init__`` -> ``DenseHead.__init__``),
-    less the arguments each caller already passes itself. ``None`` when the chain cannot be
-    followed (a ``**kwargs`` consumed in place, or a callee that cannot be resolved statically)."""
+    """The keyword arguments ``kdzoo.create_detector(name, **kwargs)`` accepts: those of the family's
+    ``BUILD_FN`` (``build_dense_detector`` with the family's head class, or ``build_faster_rcnn``),
+    followed through every call that forwards its ``**kwargs`` (``build_dense_detector`` -> the head
+    class' ``__init__`` -> ``DenseHead.__init__``), less the arguments the entry point passes itself.
+    ``None`` when the chain cannot be followed (a ``**kwargs`` consumed in place, or a callee that
+    cannot be resolved statically)."""
+    import sys
+
     from . import registry
 
-    builder = getattr(registry, "_entrypoints", {}).get(name.partition(".")[0])
-    if builder is None:
+    try:
+        arch, _ = registry.resolve_name(name)
+    except KeyError:
         return None
-    names = _callable_kwargs(builder)
-    return None if names is None else names - _CREATE_DETECTOR_ARGS
+    build = getattr(sys.modules[registry.get_entrypoint(arch).__module__], "BUILD_FN", None)
+    bound: tuple[tuple[str, Any], ...] = ()
+    if isinstance(build, functools.partial):
+        positional = _positional_params(build.func) or []
+        bound = tuple(sorted((p, v) for p, v in zip(positional, build.args) if isinstance(v, type)))
+        skip = set(positional[:len(build.args)]) | set(build.keywords)
+        build = build.func
+    else:
+        skip = set()
+    if build is None:
+        return None
+    names = _accepted(build, bound, 0)
+    return None if names is None else names - _CREATE_DETECTOR_ARGS - skip - {"backbone"}
 
 
 def _callable_kwargs(obj: Any, skip: tuple[str, ...] = ()) -> frozenset[str] | None:
@@ -608,23 +624,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
-    """Write the resolved recipe (temp file + rename: never a half-written file)."""
+    """Write the resolved recipe atomically (never a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp creates 0600; give it the mode open() would
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(recipe.to_dict(), f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+    atomic_write(path, lambda p: p.write_text(text))
     return path
-
-
-def current_umask() -> int:
-    """The process umask (``os.umask`` can only be read by setting it, so it is set back at once)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask

@@ -17,7 +17,8 @@ from PIL import Image
 
 import kdzoo
 from kdzoo.data.shapes import ensure_shapes, generate_shapes
-from kdzoo.train import CHECKPOINT_FILE, train
+from kdzoo.checkpoint import CHECKPOINT_FILE
+from kdzoo.engine import train
 from kdzoo.recipe import recipe_from_dict
 
 class Payload:
@@ -98,7 +99,7 @@ def _raises(fn: Callable[[], object], exc: type[BaseException] | tuple = Excepti
 
 
 def _predict_into_inputs(w, tmp, capsys):
-    from kdzoo.predict import main
+    from kdzoo.cli.predict import main
 
     return _cli(main, [str(w["photos"]), "--model", "gfl_r10t.shapes", "--out", str(w["photos"])], capsys)
 
@@ -109,7 +110,7 @@ def _shapes_other_params(w, tmp, capsys):
 
 
 def _resume_changed_schedule(w, tmp, capsys):
-    from kdzoo.train import main
+    from kdzoo.cli.train import main
 
     recipe = tmp / "r.yaml"
     recipe.write_text(yaml.safe_dump(_tiny(w["data"], w["run"], schedule={"iters": 5})))
@@ -117,7 +118,7 @@ def _resume_changed_schedule(w, tmp, capsys):
 
 
 def _resume_truncated_checkpoint(w, tmp, capsys):
-    from kdzoo.train import main
+    from kdzoo.cli.train import main
 
     run = tmp / "run"
     run.mkdir()
@@ -128,7 +129,7 @@ def _resume_truncated_checkpoint(w, tmp, capsys):
 
 
 def _kwargs_typo(w, tmp, capsys):
-    from kdzoo.train import main
+    from kdzoo.cli.train import main
 
     recipe = tmp / "r.yaml"
     recipe.write_text(yaml.safe_dump(_tiny(w["data"], tmp / "out", model={"kwargs": {"fpn_chanels": 16}})))
@@ -136,7 +137,7 @@ def _kwargs_typo(w, tmp, capsys):
 
 
 def _unknown_recipe_key(w, tmp, capsys):
-    from kdzoo.train import main
+    from kdzoo.cli.train import main
 
     recipe = tmp / "r.yaml"
     recipe.write_text(yaml.safe_dump({**_tiny(w["data"], tmp / "out"), "schedul": {"iters": 3}}))
@@ -144,7 +145,7 @@ def _unknown_recipe_key(w, tmp, capsys):
 
 
 def _undecodable_image(w, tmp, capsys):
-    from kdzoo.train import main
+    from kdzoo.cli.train import main
 
     recipe = tmp / "r.yaml"
     recipe.write_text(yaml.safe_dump(_tiny(w["bad"], tmp / "out")))
@@ -187,7 +188,7 @@ def _pickled_payload(w, tmp, capsys):
 
 
 def _convert_wrong_architecture(w, tmp, capsys):
-    from kdzoo.convert import main
+    from kdzoo.cli.convert import main
 
     path = w["root"] / "not_gfl.pth"
     return _cli(main, ["mmdet", str(path), "--arch", "gfl_r18", "--out", str(tmp / "converted")], capsys)

@@ -19,15 +19,15 @@ def test_coco_tables() -> None:
 
 def test_every_coco_trained_tag_carries_the_names() -> None:
     tags = [n for n in kdzoo.list_detectors(pretrained=True) if "coco" in n.split(".")[1]]
-    assert len(tags) >= 20 and "gfl_r50_crosskd.coco" in tags and "gfl_r50.mmdet_coco" in tags
+    assert len(tags) >= 20 and "gfl_r50.crosskd_coco" in tags and "gfl_r50.mmdet_coco" in tags
     for name in tags:
         cfg = kdzoo.get_pretrained_cfg(name)
         assert cfg.categories == COCO_NAMES and cfg.category_ids == COCO_CATEGORY_IDS, name
 
 
 def test_zoo_model_predictions_use_coco_names_and_ids() -> None:
-    model = kdzoo.create_detector("atss_r50_crosskd")  # the default tag: the CrossKD release (weights not loaded)
-    assert model.pretrained_cfg.tag == "coco"
+    model = kdzoo.create_detector("atss_r50_crosskd")  # the CrossKD release (weights not loaded)
+    assert model.pretrained_cfg.tag == "crosskd_coco"
     loaded = LoadedModel("atss_r50_crosskd", model, _categories(model), 0, "", _category_ids(model))
     assert loaded.categories[:3] == ["person", "bicycle", "car"]
     det = {"boxes": np.array([[1.0, 2.0, 11.0, 22.0], [0.0, 0.0, 5.0, 5.0]]), "scores": np.array([0.9, 0.5]),

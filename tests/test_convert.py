@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import kdzoo
-from kdzoo.convert import CheckpointMismatchError, main, mmdet_to_kdzoo, read_mmdet_checkpoint
+from kdzoo.cli.convert import main
+from kdzoo.convert import CheckpointMismatchError, mmdet_to_kdzoo, read_mmdet_checkpoint
 
 # MMDetection 3.3's state-dict layouts (keys and shapes) for nine COCO configs, vendored from the
 # project's shared reference so the tests run in any checkout.

@@ -11,9 +11,8 @@ import torch.nn as nn
 
 from kdzoo import create_detector
 from kdzoo.distill import Distiller, build_distiller, list_distillers, teacher_inputs
+from kdzoo.criterion import Assignment
 from kdzoo.distill.crosskd import (
-    StudentAssignment,
-    assign_priors,
     align_statistics,
     distribution_kl_loss,
     kd_quality_focal_loss,
@@ -139,8 +138,8 @@ def test_cross_head_equals_teacher_when_student_is_a_copy(family: str) -> None:
     images, targets = batch()
     x = distiller.student.preprocess(images)[0].tensors
     with torch.no_grad():
-        s_out, s_taps = distiller.student.bbox_head(distiller.student.extract_feats(x), tap=distiller.layer)
-        t_out, t_taps = teacher.bbox_head(teacher.extract_feats(x), tap=distiller.layer)
+        s_out, s_taps = distiller.student.bbox_head.forward_taps(distiller.student.extract_feats(x), distiller.layer)
+        t_out, t_taps = teacher.bbox_head.forward_taps(teacher.extract_feats(x), distiller.layer)
         cross = distiller.cross_head_predictions(s_taps, t_taps)
     for c, t in zip(cross, t_out):
         assert c.keys() == t.keys()
@@ -153,7 +152,7 @@ def test_cross_head_equals_teacher_when_student_is_a_copy(family: str) -> None:
         if k.startswith("loss_kd") and k != "loss_kd_centerness":
             assert abs(float(v)) < 1e-3, f"{k} = {float(v)} for a student identical to the teacher"
     if family == "atss":  # BCE against soft targets bottoms out at their entropy, over the positives
-        assignment = assign_priors(teacher.bbox_head, t_out, targets)
+        assignment = teacher.bbox_head.assign(t_out, targets)
         c = teacher.bbox_head.flatten(t_out)["centerness"][assignment.positive].sigmoid()
         entropy = -(c * c.log() + (1 - c) * (1 - c).log()).sum() / assignment.num_pos
         assert losses["loss_kd_centerness"].item() == pytest.approx(entropy.item(), rel=1e-4)
@@ -166,8 +165,8 @@ def test_cross_head_invariant_under_both_taps(tap: str) -> None:
     x = distiller.student.preprocess(batch()[0])[0].tensors
     activated = tap == "post_relu"
     with torch.no_grad():
-        _, s_taps = distiller.student.bbox_head(distiller.student.extract_feats(x), tap=3, tap_activated=activated)
-        t_out, t_taps = teacher.bbox_head(teacher.extract_feats(x), tap=3, tap_activated=activated)
+        _, s_taps = distiller.student.bbox_head.forward_taps(distiller.student.extract_feats(x), 3, activated=activated)
+        t_out, t_taps = teacher.bbox_head.forward_taps(teacher.extract_feats(x), 3, activated=activated)
         cross = distiller.cross_head_predictions(s_taps, t_taps)
     assert ((s_taps[0]["cls"] >= 0).all()) == activated  # after the ReLU: no negative values
     for c, t in zip(cross, t_out):
@@ -187,10 +186,10 @@ def test_default_tap_is_after_the_relu_as_the_reference_computes() -> None:
     x = student.preprocess(batch()[0])[0].tensors
     with torch.no_grad():
         feats, t_feats = student.extract_feats(x), teacher.extract_feats(x)
-        _, t_post = teacher.bbox_head(t_feats, tap=3)
-        _, t_pre = teacher.bbox_head(t_feats, tap=3, tap_activated=False)
-        _, s_post = student.bbox_head(feats, tap=3)
-        _, s_pre = student.bbox_head(feats, tap=3, tap_activated=False)
+        _, t_post = teacher.bbox_head.forward_taps(t_feats, 3)
+        _, t_pre = teacher.bbox_head.forward_taps(t_feats, 3, activated=False)
+        _, s_post = student.bbox_head.forward_taps(feats, 3)
+        _, s_pre = student.bbox_head.forward_taps(feats, 3, activated=False)
         # What the reference computes, written out: hold = conv+norm output; ReLU in place on it.
         head = student.bbox_head
         held = feats[0]
@@ -257,8 +256,8 @@ def test_gfl_kd_normalisers_by_hand() -> None:
     p_reg = torch.zeros(2, 8)
     p_reg[0, 0] = math.log(3.0)  # location 0, side 0: [0.75, 0.25] vs teacher [0.5, 0.5]
     p_reg[1, 2:4] = torch.tensor([math.log(3.0), 0.0])  # location 1, side 1: same distributions
-    assignment = StudentAssignment(positive=torch.tensor([[True, False]]), valid=torch.ones(1, 2, dtype=torch.bool),
-                                   num_pos=torch.tensor(2.0), centerness_sum=torch.tensor(1.0))
+    assignment = Assignment(gt_index=torch.tensor([[0, -1]]), labels=torch.tensor([[0, 2]]), pos_gt_boxes=torch.zeros(1, 4),
+                            num_pos=torch.tensor(2.0))
     losses = distiller.prediction_kd_losses(_gfl_outputs(p_cls, p_reg), _gfl_outputs(t_cls, t_reg), assignment)
     sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
     t, p = sig(0.0), sig(0.5)
@@ -276,8 +275,9 @@ def test_fcos_iou_kd_by_hand() -> None:
                                     "centerness": torch.tensor(ctr).view(1, 1, 1, 1)}]
     # A 4x4 box against a 2x2 box around the same point: IoU 1/4.
     pred, teacher = level([0.0], [2.0] * 4, [0.0]), level([0.0], [1.0] * 4, [0.0])
-    assignment = StudentAssignment(positive=torch.tensor([[True]]), valid=torch.tensor([[True]]),
-                                   num_pos=torch.tensor(1.0), centerness_sum=torch.tensor(0.5))
+    assignment = Assignment(gt_index=torch.tensor([[0]]), labels=torch.tensor([[0]]), pos_gt_boxes=torch.zeros(1, 4),
+                            num_pos=torch.tensor(1.0), centerness_targets=torch.tensor([0.5]),
+                            centerness_avg=torch.tensor(0.5))
     losses = distiller.prediction_kd_losses(pred, teacher, assignment)
     assert losses["loss_kd_cls"].item() == pytest.approx(0.0, abs=1e-7)
     # weight 0.75 * (-log IoU) * teacher score sigmoid(0), averaged by the centerness-target sum.

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from kdzoo.data.coco import CocoDetection, collate_fn
-from kdzoo.data.shapes import CLASS_NAMES, ShapesDirectoryError, dataset_stats, ensure_shapes, generate_shapes, main
+from kdzoo.cli.shapes import main
+from kdzoo.data.shapes import CLASS_NAMES, ShapesDirectoryError, dataset_stats, ensure_shapes, generate_shapes
 
 W, H = 40, 30
 

@@ -34,17 +34,17 @@ def shapes_recipe(root: Path, out: Path, **shapes):
 
 # ----------------------------------------------------------------------------- shapes generator
 def test_recipe_with_other_shapes_parameters_leaves_the_directory_alone(tmp_path: Path) -> None:
-    from kdzoo.train import _ensure_data  # the path a recipe's data.shapes goes through
+    from kdzoo.engine.build import ensure_data  # the path a recipe's data.shapes goes through
 
     root = tmp_path / "shapes"
-    _ensure_data(shapes_recipe(root, tmp_path / "run"))
+    ensure_data(shapes_recipe(root, tmp_path / "run"))
     (root / "my_notes.txt").write_text("mine")
     (root / "train" / "extra.png").write_bytes(b"user image")
     before = snapshot(root)
     assert "annotations/instances_train.json" in before and "train/000001.png" in before
 
     with pytest.raises(ValueError) as err:
-        _ensure_data(shapes_recipe(root, tmp_path / "run", num_train=4, seed=1))
+        ensure_data(shapes_recipe(root, tmp_path / "run", num_train=4, seed=1))
     msg = str(err.value)
     assert "\n" not in msg and str(root) in msg
     assert "num_train: 3 there, 4 requested" in msg and "seed: 0 there, 1 requested" in msg
@@ -52,12 +52,13 @@ def test_recipe_with_other_shapes_parameters_leaves_the_directory_alone(tmp_path
     assert snapshot(root) == before  # the user's files and the existing data are untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shapes"]  # no temp or moved-aside directories
 
-    _ensure_data(shapes_recipe(root, tmp_path / "run"))  # the same parameters still just use it
+    ensure_data(shapes_recipe(root, tmp_path / "run"))  # the same parameters still just use it
     assert snapshot(root) == before
 
 
 def test_generate_shapes_replaces_only_its_own_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from kdzoo.data.shapes import ShapesDirectoryError, main
+    from kdzoo.cli.shapes import main
+    from kdzoo.data.shapes import ShapesDirectoryError
 
     root = generate_shapes(tmp_path / "s", workers=1, **TINY)
     (root / "val" / "labels.csv").write_text("a,b")
@@ -67,8 +68,10 @@ def test_generate_shapes_replaces_only_its_own_files(tmp_path: Path, capsys: pyt
                                                    r"\(mine/, val/labels.csv\)"):
         generate_shapes(root, workers=1, **{**TINY, "num_train": 1})
     assert snapshot(root) == before
-    with pytest.raises(SystemExit, match="^error: .*val/labels.csv"):  # the command line: one line, no traceback
-        main(["--out", str(root), "--train", "1", "--val", "1", "--size", "64", "--workers", "1"])
+    capsys.readouterr()
+    assert main(["--out", str(root), "--train", "1", "--val", "1", "--size", "64", "--workers", "1"]) == 2
+    err = capsys.readouterr().err  # the command line: one line, no traceback
+    assert err.startswith("error: ") and "val/labels.csv" in err and "Traceback" not in err
     assert snapshot(root) == before
 
     # Nothing but its own files: an explicit generation replaces the previous one.
@@ -204,7 +207,7 @@ def test_find_bad_images_lists_every_unreadable_file(tmp_path: Path) -> None:
 
 def test_unreadable_training_image_stops_the_run_before_the_model_is_built(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import kdzoo.train
+    import kdzoo.engine
     from kdzoo.recipe import recipe_from_dict
 
     root = generate_shapes(tmp_path / "data", num_train=4, num_val=2, image_size=64, workers=1)
@@ -214,11 +217,11 @@ def test_unreadable_training_image_stops_the_run_before_the_model_is_built(
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built (training was about to start) before the images were checked")
 
-    monkeypatch.setattr(kdzoo.train, "_build_student", no_model)
+    monkeypatch.setattr(kdzoo.engine.build, "build_student", no_model)
     out = tmp_path / "run"
     recipe = recipe_from_dict({"model": {"name": "gfl_r18"}, "data": {"root": str(root), "input_size": [64, 64]},
                                "schedule": {"iters": 2}, "batch_size": 2, "workers": 0, "output_dir": str(out)})
     with pytest.raises(ValueError, match=r"^1 of 6 image files under .*train, .*val cannot be read: "
                                          r".*train/000003.png \("):
-        kdzoo.train.train(recipe)
+        kdzoo.engine.train(recipe)
     assert not (out / "checkpoint.pt").exists() and not (out / "metrics.jsonl").exists()

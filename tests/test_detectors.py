@@ -105,19 +105,19 @@ def test_tower_can_be_split_anywhere(name):
     with torch.no_grad():
         plain = m.bbox_head(feats)
         for tap in (0, 1, 2):
-            split, taps = m.bbox_head(feats, tap=tap)
+            split, taps = m.bbox_head.forward_taps(feats, tap)
             for a, b in zip(plain, split):
                 for k in a:
                     assert torch.allclose(a[k], b[k], atol=1e-5), (name, tap, k)
-            split_pre, _ = m.bbox_head(feats, tap=tap, tap_activated=False)
+            split_pre, _ = m.bbox_head.forward_taps(feats, tap, activated=False)
             for a, b in zip(plain, split_pre):
                 for k in a:
                     assert torch.allclose(a[k], b[k], atol=1e-5), (name, tap, k)
         pre = m.bbox_head.forward_tower(feats[0], "cls", 0, 1, activate_last=False)
-        # by default the tap is the output of layer 0 after its ReLU; tap_activated=False: before it
-        _, taps = m.bbox_head(feats, tap=1)
+        # by default the tap is the output of layer 0 after its ReLU; activated=False: before it
+        _, taps = m.bbox_head.forward_taps(feats, 1)
         assert torch.equal(taps[0]["cls"], pre.clamp(min=0)) and (pre < 0).any()
-        _, taps = m.bbox_head(feats, tap=1, tap_activated=False)
+        _, taps = m.bbox_head.forward_taps(feats, 1, activated=False)
         assert torch.equal(pre, taps[0]["cls"])
     with pytest.raises(ValueError, match="0 <= start <= stop"):
         m.bbox_head.forward_tower(feats[0], "cls", 3, 5)

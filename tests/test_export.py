@@ -36,6 +36,7 @@ from kdzoo.faster_rcnn import build_faster_rcnn  # noqa: E402
 # `kdzoo.export` is the function (kdzoo/__init__.py); the module is reached through importlib.
 kexport = importlib.import_module("kdzoo.export")
 predict = importlib.import_module("kdzoo.predict")
+from kdzoo.cli.export import main as export_main  # noqa: E402
 
 STUDENT = "gfl_mnv3s.shapes"
 THR = 0.2  # the student's export threshold (see the `student` fixture)
@@ -106,7 +107,7 @@ def student(tmp_path_factory):
     out = tmp_path_factory.mktemp("student")
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = kexport.main([STUDENT, "--format", "onnx", "--out", str(out), "--dynamic-batch", "--score-thr", str(THR)])
+        code = export_main([STUDENT, "--format", "onnx", "--out", str(out), "--dynamic-batch", "--score-thr", str(THR)])
     model = kdzoo.create_detector(STUDENT, pretrained=True).eval()
     model.bbox_head.test_cfg = dataclasses.replace(model.bbox_head.test_cfg, score_thr=THR)
     return {"code": code, "out": out, "stdout": stdout.getvalue(), "model": model}
@@ -223,7 +224,7 @@ def test_parity_failure_fails_the_export_loudly(student, tmp_path, monkeypatch, 
     """An exported graph that does not compute what the eager model does: exit status 1, with the differences."""
     wrong = student["out"] / "model.onnx"  # the plain student's graph, passed off as the CrossKD student's
     monkeypatch.setattr(kexport, "_export_onnx", lambda graph, example, dynamic, path, *a: shutil.copy(wrong, path))
-    assert kexport.main([f"{STUDENT}_crosskd", "--out", str(tmp_path), "--dynamic-batch"]) == 1
+    assert export_main([f"{STUDENT}_crosskd", "--out", str(tmp_path), "--dynamic-batch"]) == 1
     err = capsys.readouterr().err
     assert "parity check failed" in err and "max box diff" in err and "max score diff" in err
     side = json.loads((tmp_path / kexport.SIDE_FILE).read_text())
@@ -366,7 +367,7 @@ def test_unknown_format_and_backend_errors(tmp_path, capsys):
     model = tiny("gfl")
     with pytest.raises(kexport.ExportError, match="unknown export format 'tflite'; choose one of: onnx, torch, openvino"):
         kdzoo.export(model, tmp_path, format="tflite")
-    assert kexport.main([STUDENT, "--format", "tflite", "--out", str(tmp_path)]) == 2
+    assert export_main([STUDENT, "--format", "tflite", "--out", str(tmp_path)]) == 2
     assert "choose one of: onnx, torch, openvino" in capsys.readouterr().err
     with pytest.raises(kexport.ExportError, match="unknown backend 'tensorrt'"):
         kdzoo.load_exported(tmp_path / "model.onnx", "tensorrt")
@@ -392,5 +393,5 @@ def test_missing_optional_package_names_the_extra(missing, fmt, extra, tmp_path,
     with pytest.raises(kexport.ExportError, match=rf"needs the '{missing}' package.*pip install 'kdzoo\[{extra[6:-1]}\]'"):
         kdzoo.export(tiny("gfl"), tmp_path, fmt)
     assert not list(tmp_path.iterdir())  # checked before anything is traced or written
-    assert kexport.main([STUDENT, "--format", fmt, "--out", str(tmp_path)]) == 2
+    assert export_main([STUDENT, "--format", fmt, "--out", str(tmp_path)]) == 2
     assert f"pip install '{extra}'" in capsys.readouterr().err

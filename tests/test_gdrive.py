@@ -265,7 +265,7 @@ def test_offline_error_of_a_released_crosskd_student(hub_dir, drive, monkeypatch
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConnectionError) as e:
         load_pretrained(torch.nn.Module(), kdzoo.get_pretrained_cfg("gfl_r50_crosskd"))
-    assert_help(str(e.value), "gfl_r50_crosskd.coco",
+    assert_help(str(e.value), "gfl_r50.crosskd_coco",
                 hub_dir / "checkpoints" / "crosskd_r50_gflv1_r101-2x-ms_fpn_1x_coco.pth",
                 file_id="1S7fyDkFSAauJry0ZGS-ZW-P3CJb7RlsO")
     assert drive.requests == []
@@ -348,23 +348,25 @@ def test_gdrive_filename_must_be_a_plain_name(hub_dir):
 
 # --------------------------------------------------------------------------------- the zoo
 RELEASED = {  # the CrossKD README (commit 87e156a): tag -> Drive id
-    "gfl_r50_crosskd.coco": "1S7fyDkFSAauJry0ZGS-ZW-P3CJb7RlsO",
-    "gfl_r50_crosskd.pkd_coco": "1LJZ27al2omdXb3cUty-RX37pMLp8L-4B",
-    "retinanet_r50_crosskd.coco": "1fjwtuoKd4a_b5CHf6X0tKDmSNlwzYfWb",
-    "retinanet_r50_crosskd.pkd_coco": "1Ha9r5DrzaZ_9tz8x9PVxOkGaKAApIBGd",
-    "retinanet_r50_crosskd.swin_coco": "17rbkcXgqKfVUweRgzK7NtqFcLC-PohKX",
-    "fcos_r50_crosskd.coco": "1ll5vOGFMEfOsNCkgbPuqh0uMNFnfICbE",
-    "fcos_r50_crosskd.pkd_coco": "1r-UzxAOYOfPJFIV5e7Rd3P3uC9gXP09v",
-    "atss_r50_crosskd.coco": "1qyxOMaxQrwJ20tEgIwU8pi31O8A1hsEG",
-    "atss_r50_crosskd.pkd_coco": "1LkuKau1Na843ZPSNz77DqV8v8111b2_y",
+    "gfl_r50.crosskd_coco": "1S7fyDkFSAauJry0ZGS-ZW-P3CJb7RlsO",
+    "gfl_r50.crosskd_pkd_coco": "1LJZ27al2omdXb3cUty-RX37pMLp8L-4B",
+    "retinanet_r50.crosskd_coco": "1fjwtuoKd4a_b5CHf6X0tKDmSNlwzYfWb",
+    "retinanet_r50.crosskd_pkd_coco": "1Ha9r5DrzaZ_9tz8x9PVxOkGaKAApIBGd",
+    "retinanet_r50.crosskd_swin_coco": "17rbkcXgqKfVUweRgzK7NtqFcLC-PohKX",
+    "fcos_r50.crosskd_coco": "1ll5vOGFMEfOsNCkgbPuqh0uMNFnfICbE",
+    "fcos_r50.crosskd_pkd_coco": "1r-UzxAOYOfPJFIV5e7Rd3P3uC9gXP09v",
+    "atss_r50.crosskd_coco": "1qyxOMaxQrwJ20tEgIwU8pi31O8A1hsEG",
+    "atss_r50.crosskd_pkd_coco": "1LkuKau1Na843ZPSNz77DqV8v8111b2_y",
 }
 
 
 def test_every_crosskd_student_has_drive_weights():
-    archs = kdzoo.list_detectors("*_crosskd")
-    assert {"gfl_r50_crosskd", "retinanet_r50_crosskd", "fcos_r50_crosskd", "atss_r50_crosskd"} <= set(archs)
-    for arch in archs:
-        cfg = kdzoo.get_pretrained_cfg(arch)  # the default tag
+    aliases = kdzoo.registry.list_aliases()
+    assert {"gfl_r50_crosskd", "retinanet_r50_crosskd", "fcos_r50_crosskd", "atss_r50_crosskd"} == set(aliases)
+    for alias, target in aliases.items():
+        assert target.split(".")[1] == "crosskd_coco", alias
+        cfg = kdzoo.get_pretrained_cfg(alias)  # the release it stands for
+        arch = alias
         assert cfg.gdrive_id and cfg.has_weights, arch
         assert cfg.license == "cc-by-nc-4.0", arch
         assert cfg.filter_fn == CONVERT, arch
@@ -374,9 +376,9 @@ def test_every_crosskd_student_has_drive_weights():
         assert cfg.license == "cc-by-nc-4.0" and "CC BY-NC 4.0" in cfg.notes and "non-commercial" in cfg.notes, name
         assert f"https://drive.google.com/file/d/{drive_id}/view" in cfg.notes, name
         assert cfg.gdrive_filename.endswith(".pth") and "/" not in cfg.gdrive_filename, name
-    assert set(RELEASED) <= set(kdzoo.list_pretrained("*_crosskd"))
-    assert kdzoo.get_pretrained_cfg("retinanet_r50_crosskd").tag == "coco"
-    swin = kdzoo.get_pretrained_cfg("retinanet_r50_crosskd.swin_coco")
+    assert set(RELEASED) == set(kdzoo.list_pretrained("*_r50.crosskd_*"))
+    assert kdzoo.get_pretrained_cfg("retinanet_r50_crosskd").tag == "crosskd_coco"
+    swin = kdzoo.get_pretrained_cfg("retinanet_r50.crosskd_swin_coco")
     assert (swin.teacher, swin.box_ap) == ("retinanet_swin_t.crosskd_coco", 38.0)
     assert swin.gdrive_filename == "crosskd_r50_retinanet_swint_fpn_1x_coco.pth"
     filenames = [kdzoo.get_pretrained_cfg(n).gdrive_filename for n in RELEASED]
@@ -385,5 +387,5 @@ def test_every_crosskd_student_has_drive_weights():
 
 def test_swin_teacher_student_builds_the_released_neck(one_thread):
     """The Swin-T -> R50 student's config also sets add_extra_convs='on_output' (P6 from P5, not C5)."""
-    model = kdzoo.create_detector("retinanet_r50_crosskd.swin_coco", fpn_channels=32, stacked_convs=1, num_classes=3)
+    model = kdzoo.create_detector("retinanet_r50.crosskd_swin_coco", fpn_channels=32, stacked_convs=1, num_classes=3)
     assert model.neck.fpn.extra_blocks.convs[0].in_channels == 32  # fpn channels (P5), not 2048 (C5)

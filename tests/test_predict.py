@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 import kdzoo
-from kdzoo.embed import MAX_TOTAL_BYTES, WEIGHTS_DIR, embed_run, list_embedded, register_embedded
-from kdzoo.embed import main as embed_main
+from kdzoo.cli.embed import main as embed_main
+from kdzoo.embedded import MAX_TOTAL_BYTES, WEIGHTS_DIR, embed_run, list_embedded, register_embedded
 from kdzoo.predict import PredictError, load_model, read_image
-from kdzoo.predict import main as predict_main
+from kdzoo.cli.predict import main as predict_main
 
 CATEGORIES = ("circle", "ellipse", "ring", "square", "rectangle", "triangle", "cross", "star")
 KWARGS = dict(num_classes=8, fpn_channels=16, stacked_convs=1, input_size=(96, 96))
@@ -123,8 +123,8 @@ def test_clear_errors(run_dir: Path, images: Path, tmp_path: Path, capsys: pytes
     assert "contains no image files" in err([str(tmp_path), "--model", str(run_dir)])
     assert "Unknown detector 'gfl_r1'" in err([str(images), "--model", "gfl_r1"])
     assert "has no pretrained weights" in err([str(images), "--model", "gfl_r18"])
-    assert "not a kdzoo run directory" in err([str(images), "--model", str(images)])
-    assert "no such run directory" in err([str(images), "--model", str(tmp_path / "nope")])
+    assert "not a kdzoo model directory" in err([str(images), "--model", str(images)])
+    assert "no such model directory" in err([str(images), "--model", str(tmp_path / "nope")])
     assert "--score-thr must be in [0, 1]" in err([str(images), "--model", str(run_dir), "--score-thr", "3"])
     # an unreadable image is skipped with its reason; the others are still written (exit status 1)
     bad = tmp_path / "mixed"

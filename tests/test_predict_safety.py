@@ -18,7 +18,7 @@ from PIL import Image
 import kdzoo
 from kdzoo.data.shapes import _render_image
 from kdzoo.predict import describe_model, load_model
-from kdzoo.predict import main as predict_main
+from kdzoo.cli.predict import main as predict_main
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "gfl_r10t.shapes"  # embedded, trained: stable boxes, fast on CPU
@@ -172,7 +172,7 @@ def scratch_model() -> torch.nn.Module:
 
 
 def test_training_run_does_not_claim_the_published_ap(scratch_model: torch.nn.Module, tmp_path: Path) -> None:
-    from kdzoo.train import save_weights
+    from kdzoo.checkpoint import save_weights
 
     assert scratch_model.pretrained_cfg.box_ap == 40.2  # the default tag's claim, inherited by the build
     run_dir = tmp_path / "run"
@@ -219,7 +219,7 @@ def test_converted_published_weights_keep_their_claims(tmp_path: Path) -> None:
 def test_training_run_from_a_drive_only_tag_does_not_claim_its_ap(tmp_path: Path) -> None:
     """The CrossKD students' configs name no file, Hub repo or URL (only a Drive id): a run's
     config.json copied from one is still recognised as a run's."""
-    from kdzoo.train import save_weights
+    from kdzoo.checkpoint import save_weights
 
     model = kdzoo.create_detector("gfl_r50_crosskd", num_classes=3, input_size=(320, 320))
     assert model.pretrained_cfg.box_ap == 43.7 and model.pretrained_cfg.teacher

@@ -15,8 +15,9 @@ import yaml
 import kdzoo
 from kdzoo.data.shapes import generate_shapes
 from kdzoo.recipe import RecipeError, builder_kwargs, recipe_from_dict
-from kdzoo.train import CHECKPOINT_FILE, CheckpointError, train
-from kdzoo.train import main as train_main
+from kdzoo.checkpoint import CHECKPOINT_FILE, CheckpointError
+from kdzoo.engine import train
+from kdzoo.cli.train import main as train_main
 
 TINY_KWARGS = {"fpn_channels": 16, "stacked_convs": 1, "frozen_stages": -1, "norm_eval": False}
 
@@ -89,7 +90,7 @@ def test_resume_refuses_a_changed_recipe_and_writes_nothing(run: Path, shapes: P
     recipe = run.parent / "changed.yaml"
     recipe.write_text(yaml.safe_dump(tiny(shapes, run, model={"name": "atss_r18"})))
     capsys.readouterr()
-    assert train_main([str(recipe), "--resume"]) == 1
+    assert train_main([str(recipe), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and "model.name: 'gfl_r18' -> 'atss_r18'" in err
     assert snapshot(run) == before
@@ -172,7 +173,7 @@ def test_truncated_checkpoint_names_the_file(run: Path, shapes: Path, capsys: py
     recipe = run.parent / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny(shapes, run)))
     capsys.readouterr()
-    assert train_main([str(recipe), "--resume"]) == 1
+    assert train_main([str(recipe), "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(ckpt) in err and "Traceback" not in err
 

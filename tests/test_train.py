@@ -11,16 +11,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 import torch
 import yaml
 
 from kdzoo.data.shapes import generate_shapes
-from kdzoo.eval import load_run_dir
-from kdzoo.eval import main as eval_main
+import kdzoo
+from kdzoo.cli.eval import main as eval_main
 from kdzoo.recipe import RecipeError, load_recipe, recipe_from_dict, save_recipe
-from kdzoo.train import CHECKPOINT_FILE, NonFiniteLossError, lr_factor, train
-from kdzoo.train import main as train_main
+from kdzoo.engine import CHECKPOINT_FILE, NonFiniteLossError, lr_factor, train
+from kdzoo.cli.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[1]
 ITERS = 4
@@ -170,14 +169,16 @@ def test_train_writes_a_complete_run(reference_run: Path, shapes: Path) -> None:
     assert config["pretrained_cfg"]["categories"][0] == "circle"
 
     # The run directory rebuilds the model, and kdzoo.eval on it reproduces the training-time AP.
-    model = load_run_dir(run)
+    model = kdzoo.create_detector(run, pretrained=True)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in weights(run).items())
-    metrics = eval_main(["--model", str(run), "--data", str(shapes), "--ann", "annotations/instances_val.json",
-                         "--images-dir", "val", "--workers", "0", "--out", str(run / "again.json")])
+    assert eval_main(["--model", str(run), "--data", str(shapes), "--ann", "annotations/instances_val.json",
+                      "--images-dir", "val", "--workers", "0", "--out", str(run / "again.json"),
+                      "--metrics-out", str(run / "again_metrics.json")]) == 0
+    metrics = json.loads((run / "again_metrics.json").read_text())
     assert metrics["AP"] == pytest.approx(final["AP"], nan_ok=True)
     assert json.loads((run / "again.json").read_text()) == json.loads((run / "results.json").read_text())
 
-    from kdzoo.eval import summary_table
+    from kdzoo.evaluation import summary_table
 
     table = summary_table([str(run / "recipe.yaml"), str(run)])  # a recipe stands for its output_dir
     assert table.splitlines()[1].split()[:2] == [run.name, str(ITERS)] and "circle" in table
@@ -232,7 +233,7 @@ def test_distillation_hook_trains_the_student(reference_run: Path, shapes: Path,
     train(recipe_from_dict(recipe))
     rec = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
     assert any(k.startswith("loss_") and k not in ("loss_cls", "loss_bbox", "loss_dfl") for k in rec), rec
-    student = load_run_dir(out)  # the saved weights are a plain student, teacher and adapters excluded
+    student = kdzoo.create_detector(out, pretrained=True)  # the saved weights are a plain student, teacher and adapters excluded
     assert student.arch_name == "gfl_r18" and set(student.state_dict()) == set(weights(out))
     assert not any(k.startswith("teacher.") for k in torch.load(out / CHECKPOINT_FILE, weights_only=True)["model"])
     with pytest.raises(RecipeError, match="teacher.checkpoint: .*missing.* does not exist"):
@@ -276,7 +277,7 @@ def test_bad_annotation_and_undecodable_image(shapes: Path, tmp_path: Path, caps
     # The CLI reports recipe problems as one line, no traceback.
     bad = write(tmp_path / "bad.yaml", {**tiny(data, tmp_path / "c"), "schedul": {}})
     capsys.readouterr()
-    assert train_main([str(bad)]) == 1
+    assert train_main([str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "unknown recipe key 'schedul'. Did you mean 'schedule'?" in err
 
@@ -292,7 +293,7 @@ def test_pretrained_backbone_offline_fails_clearly(shapes: Path, tmp_path: Path,
     recipe = write(tmp_path / "r.yaml", tiny(shapes, tmp_path / "run", model={
         "name": "gfl_r18", "kwargs": {"backbone_pretrained": True, "fpn_channels": 16}}))
     t0 = time.time()
-    assert train_main([str(recipe)]) == 1 and time.time() - t0 < 30
+    assert train_main([str(recipe)]) == 2 and time.time() - t0 < 30
     err = capsys.readouterr().err
     assert "could not load pretrained weights" in err and "backbone_pretrained=false" in err
 
@@ -301,8 +302,7 @@ def test_pretrained_backbone_offline_fails_clearly(shapes: Path, tmp_path: Path,
 def test_evaluation_runs_one_image_at_a_time_by_default() -> None:
     import inspect
 
-    import kdzoo
-    from kdzoo.eval import evaluate
+    from kdzoo.evaluation import evaluate
 
     assert inspect.signature(evaluate).parameters["batch_size"].default == 1
     assert recipe_from_dict({"model": {"name": "gfl_r18"}, "data": {"root": "x"}, "output_dir": "o",
@@ -346,7 +346,9 @@ def test_eval_results_file_matches_pycocotools(shapes: Path, tmp_path: Path) -> 
     path = tmp_path / "dets.json"
     path.write_text(json.dumps(results))
 
-    ours = eval_main(["--results", str(path), "--data", str(shapes), "--ann", "annotations/instances_val.json"])
+    assert eval_main(["--results", str(path), "--data", str(shapes), "--ann", "annotations/instances_val.json",
+                      "--metrics-out", str(tmp_path / "metrics.json")]) == 0
+    ours = json.loads((tmp_path / "metrics.json").read_text())
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(str(ann))
         ev = COCOeval(coco, coco.loadRes(str(path)), "bbox")

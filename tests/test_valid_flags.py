@@ -72,7 +72,7 @@ def test_padded_priors_carry_no_detection_loss(family: str) -> None:
     batch, targets = model.preprocess(images, targets)
     with torch.no_grad():
         outputs = model.bbox_head(model.extract_feats(batch.tensors))
-        assigned = model.bbox_head.assign(outputs, targets, batch.image_sizes)
+        assigned = model.bbox_head.assign(outputs, targets, batch.image_sizes).gt_index
         base = model.bbox_head.loss(outputs, targets, batch.image_sizes)
         moved = model.bbox_head.loss(_perturbed_outside(model, outputs, batch.image_sizes), targets, batch.image_sizes)
     flags = torch.cat(model.bbox_head.valid_flags(model.bbox_head.level_sizes(outputs), batch.image_sizes[1]))
@@ -99,9 +99,9 @@ def test_atss_candidates_exclude_padded_priors() -> None:
     priors = head.priors(sizes, "cpu")
     outputs = [{"cls": torch.zeros(1, 3, h, w)} for h, w in sizes]
     box = torch.tensor([[0.0, 0.0, 40.0, 40.0]])
-    assigned = head.assign(outputs, [{"boxes": box}], [(40, 40)])[0]
+    assigned = head.assign(outputs, [{"boxes": box, "labels": torch.tensor([0])}], [(40, 40)]).gt_index[0]
     flags = torch.cat(head.valid_flags(sizes, (40, 40)))
-    inside = head.assign_single([p[f] for p, f in zip(priors, head.valid_flags(sizes, (40, 40)))], box)
+    inside = head.criterion.assign_single([p[f] for p, f in zip(priors, head.valid_flags(sizes, (40, 40)))], box)
     assert torch.equal(assigned[flags], inside)
     assert (assigned[~flags] == IGNORE).all()
 
@@ -112,7 +112,7 @@ def test_fcos_keeps_every_point_as_mmdetection() -> None:
     batch, targets = model.preprocess(images, targets)
     with torch.no_grad():
         outputs = model.bbox_head(model.extract_feats(batch.tensors))
-    assert not (model.bbox_head.assign(outputs, targets, batch.image_sizes) == IGNORE).any()
+    assert not (model.bbox_head.assign(outputs, targets, batch.image_sizes).gt_index == IGNORE).any()
 
 
 @pytest.mark.parametrize("family", ["gfl", "retinanet"])
@@ -128,9 +128,7 @@ def test_padded_priors_carry_no_kd_loss(family: str) -> None:
     with torch.no_grad():
         s_out = head(student.extract_feats(batch.tensors))
         t_out = teacher.bbox_head(teacher.extract_feats(batch.tensors))
-        from kdzoo.distill.crosskd import assign_priors
-
-        assignment = assign_priors(head, s_out, targets, batch.image_sizes)
+        assignment = head.assign(s_out, targets, batch.image_sizes)
         base = distiller.prediction_kd_losses(s_out, t_out, assignment)
         moved = distiller.prediction_kd_losses(_perturbed_outside(student, s_out, batch.image_sizes), t_out, assignment)
     for k in base:
@@ -141,7 +139,7 @@ def test_reduce_mean_only_where_mmdetection_applies_it(monkeypatch: pytest.Monke
     """GFL/ATSS/FCOS average their normalisers over processes; RetinaNet (AnchorHead), the RPN and the
     RoI head use each process's own counts. A fake 'other process' doubling every reduced value
     shows which losses depend on it."""
-    import kdzoo.dense_head
+    import kdzoo.criterion
 
     images, targets = _batch()
     results = {}
@@ -149,7 +147,7 @@ def test_reduce_mean_only_where_mmdetection_applies_it(monkeypatch: pytest.Monke
         model = _model(ANCHOR_HEADS[family]).train()
         torch.manual_seed(0)
         plain = model(images, targets)
-        monkeypatch.setattr(kdzoo.dense_head, "reduce_mean", lambda t: t * 2)
+        monkeypatch.setattr(kdzoo.criterion, "reduce_mean", lambda t: t * 2)
         torch.manual_seed(0)
         doubled = model(images, targets)
         monkeypatch.undo()

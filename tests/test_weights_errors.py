@@ -36,7 +36,8 @@ import torch
 
 import kdzoo
 from kdzoo import registry
-from kdzoo.convert import convert_mmdet_checkpoint, main as convert_main, read_mmdet_checkpoint
+from kdzoo.cli.convert import main as convert_main
+from kdzoo.convert import convert_mmdet_checkpoint, read_mmdet_checkpoint
 from kdzoo import pretrained
 from kdzoo.pretrained import PretrainedCfg, read_weights_file
 
@@ -313,7 +314,7 @@ def test_read_mmdet_checkpoint_refuses_foreign_globals(tmp_path, legacy):
 
 def test_convert_cli_refuses_legacy_file_with_foreign_global(one_thread, tmp_path, capsys):
     path = save_mmengine_checkpoint(tmp_path / "evil.pth", {"w": torch.ones(2)}, legacy=True, extra={"hook": Payload()})
-    assert convert_main(["mmdet", str(path), "--arch", ARCH, "--out", str(tmp_path / "out")]) == 1
+    assert convert_main(["mmdet", str(path), "--arch", ARCH, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: refusing to load") and "evilpkg.ran" in err
     assert_no_unsafe_advice(err)

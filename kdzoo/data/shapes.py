@@ -55,7 +55,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import colorsys
 import json
 import math
@@ -65,10 +64,9 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -483,26 +481,7 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Iterable[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Generate the synthetic shapes detection dataset (COCO format).")
-    p.add_argument("--out", required=True, help="output directory, e.g. data/shapes")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train", type=int, default=800, help="number of training images")
-    p.add_argument("--val", type=int, default=200, help="number of validation images")
-    p.add_argument("--size", type=int, default=320, help="image side in pixels")
-    p.add_argument("--workers", type=int, default=None, help="processes (default: CPU count, max 8)")
-    p.add_argument("--stats", action="store_true", help="only print statistics of an existing dataset")
-    args = p.parse_args(list(argv) if argv is not None else None)
-    if not args.stats:
-        t0 = time.perf_counter()
-        try:
-            generate_shapes(args.out, num_train=args.train, num_val=args.val, image_size=args.size, seed=args.seed,
-                            workers=args.workers)
-        except ShapesDirectoryError as e:
-            raise SystemExit(f"error: {e}") from None
-        print(f"wrote {args.train}+{args.val} images to {args.out} in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    print(format_stats(dataset_stats(args.out)))
+if __name__ == "__main__":  # python -m kdzoo.data.shapes: the same as `kdzoo shapes`
+    from kdzoo.cli import run_command
 
-
-if __name__ == "__main__":
-    main()
+    sys.exit(run_command("shapes"))

@@ -19,40 +19,23 @@ at the loss.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..assigners import IGNORE
-from ..atss import ATSSHead
+from ..criterion import Assignment
 from ..dense_head import DenseHead, LevelOutputs
 from ..detector import check_targets
-from ..fcos import FCOSHead, centerness_target
-from ..gfl import GFLHead
-from ..losses import giou_loss, iou_loss
-from ..retinanet import RetinaHead
 from . import Distiller, register_distiller, teacher_inputs
 
 __all__ = [
     "CrossKD",
-    "StudentAssignment",
     "align_statistics",
-    "assign_priors",
     "distribution_kl_loss",
     "kd_quality_focal_loss",
     "pkd_loss",
 ]
 
-#: Reference defaults per head family (docs/crosskd.md): tower layer index, loss weights.
-FAMILY_DEFAULTS: dict[type[DenseHead], dict[str, float]] = {
-    GFLHead: dict(layer=3, cls=1.0, reg=4.0, centerness=0.0, pkd=6.0),
-    RetinaHead: dict(layer=3, cls=1.0, reg=1.0, centerness=0.0, pkd=2.0),
-    ATSSHead: dict(layer=3, cls=1.0, reg=1.0, centerness=1.0, pkd=1.0),
-    FCOSHead: dict(layer=2, cls=0.4, reg=0.75, centerness=0.0, pkd=2.0),
-}
 MODES = ("crosskd", "mimic", "pkd", "crosskd+pkd", "mimic+pkd")
 #: Where the tower feature is tapped: after the layer's ReLU (what the reference computes, its
 #: in-place ReLU overwriting the held tensor) or before it (what the reference's code reads as).
@@ -112,41 +95,6 @@ def pkd_loss(feat: torch.Tensor, teacher_feat: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(_standardise(feat), _standardise(teacher_feat.detach())) / 2
 
 
-# --------------------------------------------------------------------------- assignment
-@dataclass
-class StudentAssignment:
-    """What the KD normalisers need from the student's label assignment."""
-
-    positive: torch.Tensor  # [N, P] bool
-    # [N, P] bool; False where the assigner ignores the prior (RetinaNet IoU 0.4..0.5) or the prior lies
-    # outside the image's own extent (batch padding): MMDetection's label weights
-    valid: torch.Tensor
-    num_pos: torch.Tensor  # the detection losses' avg factor: positives (mean over processes where the head syncs it), >= 1
-    centerness_sum: torch.Tensor  # sum of the positives' centerness targets (FCOS's normaliser), >= 1e-6
-
-
-def assign_priors(head: DenseHead, outputs: list[LevelOutputs], targets: list[dict],
-                  image_sizes: list[tuple[int, int]] | None = None) -> StudentAssignment:
-    """The student's own assignment (``DenseHead.assign``, the one its detection losses use), so the
-    KD losses are averaged over the student's positives as in the reference. ``targets`` and
-    ``image_sizes`` are in the resized frame (``DenseDetector.preprocess``)."""
-    assigned = head.assign(outputs, targets, image_sizes)
-    positive = assigned >= 0
-    centerness_sum = outputs[0]["cls"].new_zeros(())
-    if isinstance(head, FCOSHead):
-        points = torch.cat(head.priors(head.level_sizes(outputs), assigned.device))
-        for a, t in zip(assigned, targets):
-            pos = a >= 0
-            gt, pts = t["boxes"][a[pos]], points[pos]
-            centerness_sum = centerness_sum + centerness_target(torch.cat([pts - gt[:, :2], gt[:, 2:] - pts], 1)).sum()
-    return StudentAssignment(
-        positive=positive,
-        valid=assigned != IGNORE,
-        num_pos=head.avg_factor(positive.sum(), positive.device),
-        centerness_sum=head.avg_factor(centerness_sum, positive.device, minimum=1e-6),
-    )
-
-
 # ------------------------------------------------------------------------------ distiller
 def _head_channels(head: DenseHead, layer: int) -> int:
     return head.feat_channels if layer > 0 else head.in_channels
@@ -157,19 +105,17 @@ def check_pair(student: nn.Module, teacher: nn.Module) -> tuple[DenseHead, Dense
     the student's location by location (different families, classes, strides, priors, bins)."""
     for role, model in (("student", student), ("teacher", teacher)):
         head = getattr(model, "bbox_head", None)
-        if not isinstance(head, tuple(FAMILY_DEFAULTS)):
-            raise TypeError(f"CrossKD supports dense detectors with a GFL, ATSS, RetinaNet or FCOS head; the "
-                            f"{role} has bbox_head of type {type(head).__name__}")
+        if not isinstance(head, DenseHead) or head.kd_defaults is None:
+            raise TypeError(f"CrossKD supports dense detectors whose head defines kd_defaults (GFL, ATSS, RetinaNet, "
+                            f"FCOS); the {role} has bbox_head of type {type(head).__name__}")
     s, t = student.bbox_head, teacher.bbox_head
     if type(s) is not type(t):
         raise ValueError(f"student and teacher heads must be the same family: student {type(s).__name__}, "
                          f"teacher {type(t).__name__}")
-    for attr in ("num_classes", "strides", "num_anchors", "reg_channels"):
+    for attr in ("num_classes", "strides", "num_anchors", "reg_channels", "reg_distribution_bins"):
         if getattr(s, attr) != getattr(t, attr):
             raise ValueError(f"student and teacher differ in {attr}: student {getattr(s, attr)}, "
                              f"teacher {getattr(t, attr)}")
-    if getattr(s, "reg_max", None) != getattr(t, "reg_max", None):
-        raise ValueError(f"student and teacher differ in reg_max: student {s.reg_max}, teacher {t.reg_max}")
     sizes = [(2, 3)] * len(s.strides)
     if not all(torch.equal(a, b) for a, b in zip(s.priors(sizes, "cpu"), t.priors(sizes, "cpu"))):
         layout = lambda h: {k: getattr(h.anchor_generator, k) for k in ("scales", "ratios")}  # noqa: E731
@@ -188,7 +134,7 @@ class CrossKD(Distiller):
         tap: ``'post_relu'`` (default: the feature after layer ``layer``'s ReLU, student and teacher,
             the reference's effective behaviour) or ``'pre_relu'`` (after conv + norm, before the ReLU).
         loss_cls_weight, loss_reg_weight, loss_centerness_weight, loss_pkd_weight: ``None``
-            takes the family's reference weight (``FAMILY_DEFAULTS``).
+            takes the family's reference weight (``bbox_head.kd_defaults``).
         beta: KD-QFL modulation exponent. temperature: GFL distribution KL temperature.
         kl_bin_reduction: ``'sum'`` (the reference configs) or ``'mean'`` over GFL's 17 bins.
         align: per-channel statistics alignment of the student feature (the reference: on).
@@ -210,7 +156,7 @@ class CrossKD(Distiller):
         parts = set(mode.split("+"))
         self.mode = mode
         self.cross_head, self.mimic, self.pkd = "crosskd" in parts, "mimic" in parts, "pkd" in parts
-        defaults = FAMILY_DEFAULTS[type(s_head)]
+        defaults = s_head.kd_defaults
         self.layer = int(defaults["layer"] if layer is None else layer)
         depth = min(s_head.stacked_convs, t_head.stacked_convs)
         if self.cross_head and not 0 <= self.layer <= depth:
@@ -254,23 +200,23 @@ class CrossKD(Distiller):
         return outputs
 
     def prediction_kd_losses(self, preds: list[LevelOutputs], teacher_outputs: list[LevelOutputs],
-                             assignment: StudentAssignment) -> dict[str, torch.Tensor]:
+                             assignment: Assignment) -> dict[str, torch.Tensor]:
         """The KD losses (docs/crosskd.md) between ``preds`` (cross-head or the student's own) and
-        the teacher's outputs, taken over every location (no region selection)."""
+        the teacher's outputs, taken over every location (no region selection), averaged over the
+        student's ``assignment`` (the one its detection losses used)."""
         head = self.student.bbox_head
         p, t = head.flatten(preds), head.flatten(teacher_outputs)
         valid = assignment.valid.to(p["cls"].dtype)
-        is_fcos = isinstance(head, FCOSHead)
         # The reference averages FCOS's KD terms by the sum of centerness targets (its bbox-loss
         # normaliser) and the other families' by the number of positives.
-        norm = assignment.centerness_sum if is_fcos else assignment.num_pos
+        norm = head.criterion.kd_avg_factor(assignment)
         w = self.loss_weights
         cls_kd = kd_quality_focal_loss(p["cls"], t["cls"], self.beta) * valid[..., None]
         losses = {"loss_kd_cls": w["cls"] * cls_kd.sum() / norm}
         # Per-location confidence of the teacher weights the box terms; ignored priors get 0.
         t_score = t["cls"].detach().amax(-1).sigmoid() * valid
-        if isinstance(head, GFLHead):
-            bins = head.reg_max + 1
+        bins = head.reg_distribution_bins
+        if bins is not None:
             kl = distribution_kl_loss(p["reg"].reshape(-1, bins), t["reg"].reshape(-1, bins), self.temperature,
                                       self.kl_bin_reduction)
             # Reference: KL summed over the bins, sides summed / 4, divided by the sum of the location weights.
@@ -283,7 +229,7 @@ class CrossKD(Distiller):
             strides = head.prior_strides(level_priors).repeat(n)
             boxes = head.decode(p["reg"].reshape(-1, head.reg_channels), priors, strides)
             t_boxes = head.decode(t["reg"].detach().reshape(-1, head.reg_channels), priors, strides)
-            box_loss = iou_loss(boxes, t_boxes) if is_fcos else giou_loss(boxes, t_boxes)
+            box_loss = head.criterion.kd_box_loss(boxes, t_boxes)
             losses["loss_kd_reg"] = w["reg"] * (box_loss * t_score.reshape(-1)).sum() / norm
         if w["centerness"] > 0 and head.has_centerness:
             pos = assignment.positive
@@ -306,20 +252,23 @@ class CrossKD(Distiller):
                              "for inference")
         check_targets(targets, len(images), student.num_classes)
         batch, targets = student.preprocess(images, targets)
-        tap = self.layer if self.cross_head else None
         activated = self.tap == "post_relu"
         # No graph through the teacher's backbone, neck or towers; only the cross-head path below
         # builds one through its later layers.
         with torch.no_grad():
             t_feats = teacher.extract_feats(teacher_inputs(batch, student.transform, teacher.transform))
-            t_out = teacher.bbox_head(t_feats, tap=tap, tap_activated=activated)
+            if self.cross_head:
+                t_out, t_taps = teacher.bbox_head.forward_taps(t_feats, self.layer, activated=activated)
+            else:
+                t_out = teacher.bbox_head(t_feats)
         s_feats = student.extract_feats(batch.tensors)
-        s_out = student.bbox_head(s_feats, tap=tap, tap_activated=activated)
-        if tap is not None:
-            (t_out, t_taps), (s_out, s_taps) = t_out, s_out
-        losses = dict(student.bbox_head.loss(s_out, targets, batch.image_sizes))
+        if self.cross_head:
+            s_out, s_taps = student.bbox_head.forward_taps(s_feats, self.layer, activated=activated)
+        else:
+            s_out = student.bbox_head(s_feats)
+        # The KD terms average over the positives the detection losses used.
+        losses, assignment = student.bbox_head.loss_and_assignment(s_out, targets, batch.image_sizes)
         if self.cross_head or self.mimic:
-            assignment = assign_priors(student.bbox_head, s_out, targets, batch.image_sizes)
             preds = self.cross_head_predictions(s_taps, t_taps) if self.cross_head else s_out
             losses.update(self.prediction_kd_losses(preds, t_out, assignment))
         if self.pkd:

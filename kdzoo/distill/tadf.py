@@ -19,7 +19,7 @@ open is an option with a documented default.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..box_ops import aligned_iou
 from ..detector import DenseDetector, check_targets
-from ..dist import reduce_mean
+from ..distributed import reduce_mean
 from ..faster_rcnn import FasterRCNN, RoIHead
 from ..retinanet import RetinaHead
 from . import Distiller, register_distiller, teacher_inputs
@@ -146,8 +146,8 @@ def _check_pair(student: nn.Module, teacher: nn.Module) -> str:
     """'two_stage' or 'retinanet'; fails naming both values when the pair cannot share regions."""
     if isinstance(student, FasterRCNN) and isinstance(teacher, FasterRCNN):
         s, t = student.roi_head, teacher.roi_head
-        pairs = {"num_classes": (s.num_classes, t.num_classes), "RPN strides": (student.rpn_head.strides, teacher.rpn_head.strides),
-                 "RoI strides": (s.bbox_roi_extractor.strides, t.bbox_roi_extractor.strides)}
+        pairs = {"num_classes": (s.num_classes, t.num_classes), "FPN strides": (student.feature_strides, teacher.feature_strides),
+                 "RoI strides": (s.featmap_strides, t.featmap_strides)}
         kind = "two_stage"
     elif isinstance(student, DenseDetector) and isinstance(teacher, DenseDetector) and \
             isinstance(student.bbox_head, RetinaHead) and isinstance(teacher.bbox_head, RetinaHead):
@@ -215,7 +215,7 @@ class TADF(Distiller):
     @property
     def strides(self) -> tuple[int, ...]:
         """The strides of the student's FPN levels (P2-P6 for Faster R-CNN, P3-P7 for RetinaNet)."""
-        return self.student.rpn_head.strides if self.kind == "two_stage" else self.student.bbox_head.strides
+        return self.student.feature_strides
 
     # ------------------------------------------------------------------ terms
     def feature_loss(self, feats: list[torch.Tensor], teacher_feats: list[torch.Tensor], targets: list[dict]) -> torch.Tensor:
@@ -279,39 +279,35 @@ class TADF(Distiller):
             d = RoIHead.class_deltas(out.deltas[pos].float(), labels)
             td = RoIHead.class_deltas(t_deltas[pos].float(), labels)
             rois = sampled.roi_boxes[pos]
-            coder = self.student.roi_head.coder
-            kd["reg"] = self.regression_loss(d, td, coder.decode(rois, d.detach()), coder.decode(rois, td),
-                                         sampled.gt_boxes[pos], num_pos)
+            roi_head = self.student.roi_head
+            kd["reg"] = self.regression_loss(d, td, roi_head.decode_class_deltas(rois, d.detach()),
+                                             roi_head.decode_class_deltas(rois, td), sampled.gt_boxes[pos], num_pos)
         return losses, kd
 
     def _retinanet(self, feats, t_feats, targets, image_sizes) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Shared anchors and the student's assignment: the same positive anchors index both heads."""
         head = self.student.bbox_head
         outputs = head(feats)
-        losses = dict(head.loss(outputs, targets, image_sizes))
+        losses, assignment = head.loss_and_assignment(outputs, targets, image_sizes)
         kd: dict[str, torch.Tensor] = {}
         if not {"cls", "reg"} & set(self.terms):
             return losses, kd
         with torch.no_grad():
             t_outputs = self.teacher.bbox_head(t_feats)
-        priors = torch.cat(head.priors(head.level_sizes(outputs), feats[0].device))
+        pos, n = assignment.positive, len(targets)
         flat, t_flat = head.flatten(outputs), head.flatten(t_outputs)
-        cls, t_cls, reg, t_reg, labels, gt, pri = [], [], [], [], [], [], []
-        for i, (t, assigned) in enumerate(zip(targets, head.assign(outputs, targets, image_sizes))):
-            pos = assigned >= 0
-            for store, value in ((cls, flat["cls"][i][pos]), (t_cls, t_flat["cls"][i][pos]), (reg, flat["reg"][i][pos]),
-                                 (t_reg, t_flat["reg"][i][pos]), (labels, t["labels"][assigned[pos]]),
-                                 (gt, t["boxes"][assigned[pos]]), (pri, priors[pos])):
-                store.append(value)
-        cls, t_cls, reg, t_reg = torch.cat(cls), torch.cat(t_cls), torch.cat(reg).float(), torch.cat(t_reg).float()
-        labels, gt, pri = torch.cat(labels), torch.cat(gt), torch.cat(pri)
-        num_pos = reduce_mean(torch.tensor(float(len(labels)), device=priors.device)).clamp(min=1.0)
+        cls, t_cls = flat["cls"][pos], t_flat["cls"][pos]
+        labels, gt = assignment.labels[pos], assignment.pos_gt_boxes
+        num_pos = reduce_mean(pos.sum().float()).clamp(min=1.0)
         if "cls" in self.terms:
             kd["cls"] = self.classification_loss(cls, t_cls, labels, num_pos, use_sigmoid=True)
         if "reg" in self.terms:
-            strides = pri.new_zeros(len(pri))  # unused by RetinaNet's delta decoding
-            kd["reg"] = self.regression_loss(reg, t_reg, head.decode(reg.detach(), pri, strides), head.decode(t_reg, pri, strides),
-                                         gt, num_pos)
+            reg, t_reg = flat["reg"][pos].float(), t_flat["reg"][pos].float()
+            level_priors = head.priors(head.level_sizes(outputs), feats[0].device)
+            pri = torch.cat(level_priors)[None].expand(n, -1, -1)[pos]
+            strides = head.prior_strides(level_priors)[None].expand(n, -1)[pos]
+            kd["reg"] = self.regression_loss(reg, t_reg, head.decode(reg.detach(), pri, strides),
+                                             head.decode(t_reg, pri, strides), gt, num_pos)
         return losses, kd
 
     def extra_repr(self) -> str:

@@ -1,0 +1,125 @@
+"""``train(recipe, resume=...)``: build a run from its recipe, then let a :class:`SimpleTrainer` with the
+default hooks train it. Nothing is written to the run directory before a checkpoint to resume from
+has been read, matched against the recipe and loaded: a refused resume leaves the run as it was."""
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any, ContextManager
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ..checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint
+from ..distributed import is_distributed, rank, world_size
+from ..recipe import Recipe, RecipeError, save_recipe
+from . import build as B
+from .hooks import (DistillProgress, EvalHook, FinalWeights, LRScheduler, MetricsLog, MetricsWriter,
+                    PeriodicCheckpointer, RankChecksum)
+from .trainer import HookBase, SimpleTrainer
+
+__all__ = ["train", "default_hooks", "METRICS_FILE"]
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
+    """Train (or continue) the run described by ``recipe``; returns the final metrics on rank 0."""
+    device = B.device(recipe)
+    B.init_distributed(device)
+    main_proc = rank() == 0
+    run_dir = Path(recipe.output_dir)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if ckpt_path.exists() and not resume:  # checked on every rank so that all of them stop
+        raise RecipeError(f"output_dir {str(run_dir)!r} already holds a run ({CHECKPOINT_FILE}); pass --resume "
+                          "to continue it, or choose another output_dir")
+    state = read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
+    if state is not None:
+        B.check_resume(recipe, state, ckpt_path)
+    B.ensure_data(recipe)
+    parts = B.build_run(recipe, device)
+
+    s = recipe.schedule
+    ipe = B.iters_per_epoch(len(parts.train_ds), recipe.batch_size)
+    max_iters = s.iters if s.iters is not None else s.epochs * ipe
+    scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
+    start_iter, resumed_at = 0, None
+    if state is not None:
+        start_iter = resumed_at = load_checkpoint(state, ckpt_path, parts.model, parts.optimizer, scaler,
+                                                  rank(), world_size())
+        del state  # the weights now live in the model and the optimizer
+        if main_proc:
+            print(f"resuming {run_dir} from iteration {start_iter}/{max_iters}", file=sys.stderr)
+    else:
+        random.seed(recipe.seed + rank())
+        np.random.seed(recipe.seed + rank())
+        torch.manual_seed(recipe.seed + rank())
+        if resume and main_proc:
+            print(f"--resume: no checkpoint in {run_dir} yet, starting from iteration 0", file=sys.stderr)
+    if main_proc:  # the resume (if any) is accepted: from here on the run directory is written
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in run_dir.glob(".*.tmp"):  # left by a kill during an atomic write
+            stale.unlink(missing_ok=True)
+        save_recipe(recipe, run_dir / "recipe.yaml")
+    log = MetricsLog(run_dir / METRICS_FILE, start_iter if resume else None)
+
+    final_eval = run_dir / "eval.json"
+    if start_iter == max_iters and final_eval.is_file() and (run_dir / "model.safetensors").is_file():
+        # --resume of a finished run (e.g. `make run` again): nothing to train or to evaluate.
+        if not main_proc:
+            return None
+        from ..evaluation import format_table
+
+        metrics = json.loads(final_eval.read_text())
+        print(f"{run_dir} is complete ({max_iters} iterations):\n{format_table(metrics)}", file=sys.stderr)
+        return metrics
+
+    model = parts.model
+    if is_distributed():
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                        find_unused_parameters=parts.distiller is not None)
+    def autocast() -> ContextManager[Any]:
+        if not recipe.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+    trainer = SimpleTrainer(model, B.train_batches(parts.train_ds, recipe, start_iter, device), parts.optimizer, scaler,
+                            grad_clip=s.grad_clip, autocast=autocast)
+    hooks = default_hooks(recipe, parts, scaler, log, device, resumed_at)
+    trainer.register_hooks(hooks)
+    trainer.train(start_iter, max_iters)
+    if is_distributed():
+        dist.barrier()
+    return next(h for h in hooks if isinstance(h, EvalHook)).final
+
+
+def default_hooks(recipe: Recipe, parts: B.RunParts, scaler: torch.amp.GradScaler, log: MetricsLog,
+                  device: torch.device, resumed_at: int | None) -> list[HookBase | None]:
+    """lr schedule, distillation progress (distillers only), metrics writer, periodic checkpoint,
+    rank checksum (DDP only), final weights, evaluation (its ``final`` is the run's result); None
+    where a hook does not apply."""
+    from ..evaluation import evaluate
+
+    run_dir = Path(recipe.output_dir)
+    ipe = B.iters_per_epoch(len(parts.train_ds), recipe.batch_size)
+    lr = LRScheduler(parts.optimizer, recipe.schedule, parts.base_lr, ipe)
+
+    def run_eval() -> tuple[dict[str, Any], Any]:
+        return evaluate(parts.student, parts.val_ds, batch_size=recipe.eval_batch_size, workers=recipe.workers,
+                        device=device, progress=rank() == 0)
+
+    return [
+        lr,
+        DistillProgress(parts.distiller) if parts.distiller is not None else None,
+        MetricsWriter(log, lr, recipe.log_interval, ipe, recipe.batch_size * world_size(), run_dir.name),
+        PeriodicCheckpointer(run_dir / CHECKPOINT_FILE, parts.model, parts.optimizer, scaler, lr, recipe.to_dict(),
+                             recipe.checkpoint_interval, resumed_at),
+        RankChecksum(parts.model, log) if is_distributed() else None,
+        FinalWeights(parts.student_state_dict, parts.student, run_dir),
+        EvalHook(run_eval, log, recipe.eval_interval, run_dir),
+    ]
