@@ -59,7 +59,7 @@ def matches(ref: dict, fast: dict, score_min: float = 0.3, px: float = 1.0, scor
 
 
 def parity(source: str, image_dir: str, count: int, device: torch.device) -> None:
-    """Fast path vs fp32 on a trained detector and real images: the issue's acceptance check."""
+    """Fast path vs fp32 on a trained detector and real images: the acceptance check of the fast path (docs/architecture.md)."""
     from pathlib import Path
 
     from kdzoo.data.coco import decode_image

@@ -129,7 +129,7 @@ def test_odd_inputs(client: Any, server: dict[str, Any], tmp_path: Path) -> None
         assert gallery == [] and "Cannot use this file" in status and f"{name} is not a readable image" in status
     # models that cannot load are reported next to the ones that ran
     _, summary, _, status = detect(client, tmp_path / "gray.png", run, extra="gfl_r1, ./no/such/run")
-    assert len(summary["data"]) == 1 and "Unknown detector 'gfl_r1'" in status and "no such run directory" in status
+    assert len(summary["data"]) == 1 and "Unknown detector 'gfl_r1'" in status and "no such model directory" in status
     _, _, _, status = detect(client, tmp_path / "gray.png", [], extra="")
     assert "Pick at least one model" in status
     assert server["proc"].poll() is None, "the server survived all of it"

@@ -37,6 +37,7 @@ from kdzoo.faster_rcnn import build_faster_rcnn  # noqa: E402
 kexport = importlib.import_module("kdzoo.export")
 predict = importlib.import_module("kdzoo.predict")
 from kdzoo.cli.export import main as export_main  # noqa: E402
+from kdzoo.cli.predict import main as predict_cli  # noqa: E402
 
 STUDENT = "gfl_mnv3s.shapes"
 THR = 0.2  # the student's export threshold (see the `student` fixture)
@@ -59,7 +60,7 @@ def tiny(family: str, seed: int = 0) -> nn.Module:
         nn.init.normal_(model.roi_head.bbox_head.fc_reg.weight, std=0.05)
         return model.eval()
     module = {"gfl": gfl, "atss": atss, "retinanet": retinanet, "fcos": fcos}[family]
-    model = module._create("test_resnet", stacked_convs=1, **TINY)
+    model = module._create(f"{family}_r18", "test_resnet", False, stacked_convs=1, **TINY)
     head = model.bbox_head
     for m in head.modules():
         if isinstance(m, nn.Conv2d):
@@ -181,7 +182,7 @@ def test_predict_backend_and_demo_loader(student, tmp_path):
     runs = {}
     for backend, model in (("torch", STUDENT), ("onnxruntime", str(student["out"] / "model.onnx"))):
         dest = tmp_path / backend
-        assert predict.main([str(img_dir), "--model", model, "--out", str(dest), "--backend", backend,
+        assert predict_cli([str(img_dir), "--model", model, "--out", str(dest), "--backend", backend,
                              "--score-thr", str(THR)]) == 0
         runs[backend] = json.loads((dest / "results.json").read_text())["annotations"]
     assert len(runs["torch"]) > 0 and len(runs["torch"]) == len(runs["onnxruntime"])

@@ -119,7 +119,7 @@ def test_help_documents_the_output_rules(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit):
         predict_main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    assert "never an input's folder" in text and "overwritten only if an earlier kdzoo.predict run wrote it" in text
+    assert "never an input's folder" in text and "overwritten only if an earlier kdzoo predict run wrote it" in text
 
 
 # ----------------------------------------------------------------------------- original pixels
