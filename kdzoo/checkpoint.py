@@ -8,7 +8,6 @@ Only the standard library and torch at import: kdzoo.hub and kdzoo.recipe build 
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 
 __all__ = ["atomic_write", "current_umask", "CHECKPOINT_FILE", "CheckpointError", "rng_state", "set_rng_state",
-           "model_state", "save_checkpoint", "read_checkpoint", "load_checkpoint", "fits", "check_fits", "save_weights"]
+           "model_state", "save_checkpoint", "read_checkpoint", "load_checkpoint", "fits", "check_fits"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _REQUIRED = ("model", "optimizer", "iteration", "rng")
@@ -109,19 +108,6 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str, bu
     except RuntimeError as e:
         raise CheckpointError(f"{e}\n  ({built_from}; was the file written by another architecture or width?)") from None
     raise AssertionError("unreachable: the state was checked not to fit")
-
-
-def save_weights(state_dict: dict[str, torch.Tensor], model: nn.Module, run_dir: Path) -> None:
-    """A run's final ``model.safetensors`` + ``config.json`` {architecture, kwargs, pretrained_cfg}."""
-    from safetensors.torch import save_file
-
-    from .hub import CONFIG_NAME, WEIGHTS_NAME, run_config  # kdzoo.hub imports this module
-
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    atomic_write(run_dir / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    # The run's own weights: no published AP or input size of the architecture's default tag.
-    text = json.dumps(run_config(model), indent=2, default=list)
-    atomic_write(run_dir / CONFIG_NAME, lambda p: p.write_text(text))
 
 
 # --------------------------------------------------------------------------- checkpoint.pt

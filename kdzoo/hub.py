@@ -31,6 +31,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import torch.nn as nn
 
 from .checkpoint import atomic_write
@@ -38,7 +39,7 @@ from .pretrained import PretrainedCfg
 from .registry import is_detector
 
 __all__ = ["folder_config", "save_pretrained", "model_card", "read_config", "cfg_fields", "json_tuples", "as_built",
-           "last_eval_metrics", "run_config", "CONFIG_NAME", "WEIGHTS_NAME"]
+           "last_eval_metrics", "CONFIG_NAME", "WEIGHTS_NAME"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -209,13 +210,6 @@ def _config(model: nn.Module, cfg: PretrainedCfg, keep_published: bool) -> dict[
             PUBLISHED_KEY: bool(keep_published), "pretrained_cfg": _jsonable(cfg.to_dict(), "pretrained_cfg")}
 
 
-def run_config(model: nn.Module, *, keep_published: bool = False) -> dict[str, Any]:
-    """The ``config.json`` content for ``model`` (what :func:`save_pretrained` writes without metrics
-    or lineage): architecture, build kwargs, ``published_weights`` and a pretrained config that
-    describes these weights. A training run's weights are its own: leave ``keep_published`` False."""
-    return _config(model, _own_cfg(model, keep_published), keep_published)
-
-
 # ------------------------------------------------------------------------------- saving
 def _jsonable(value: Any, where: str) -> Any:
     if isinstance(value, (tuple, list)):
@@ -257,8 +251,11 @@ def save_pretrained(
     license: str | None = None,
     keep_published: bool = False,
     notes: str | None = None,
+    state_dict: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``model.safetensors``, ``config.json`` and ``README.md`` (and ``recipe.yaml``).
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` (and ``recipe.yaml``): the one
+    writer of a model folder (users, ``kdzoo.convert``, ``kdzoo.publish`` and a training run's final
+    weights all come through here).
 
     ``metrics``: measured results, ``{"AP": 41.2, "AP50": ..., "dataset": "coco"}`` (percent);
     they become ``pretrained_cfg.box_ap`` and the card's ``model-index``. ``lineage``:
@@ -266,7 +263,8 @@ def save_pretrained(
     ``recipe.yaml`` and its sha256 recorded. ``keep_published=True`` keeps the published AP, source,
     paper, notes and lineage of the model's pretrained config (only right when the weights are those
     published ones, as ``kdzoo.convert`` writes them); otherwise none of them is kept. The recorded
-    input size is always the model's own.
+    input size is always the model's own. ``state_dict``: the weights to write instead of
+    ``model.state_dict()`` (a training run's EMA or a distiller's plain-student weights).
     """
     cfg = _own_cfg(model, keep_published)
     build_kwargs = _jsonable(dict(getattr(model, "build_kwargs", {})), "build_kwargs")
@@ -296,7 +294,8 @@ def save_pretrained(
 
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    weights = model.state_dict() if state_dict is None else state_dict
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in weights.items()}
     atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     config = _config(model, cfg, keep_published)
     atomic_write(out / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))

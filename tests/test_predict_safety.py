@@ -172,12 +172,12 @@ def scratch_model() -> torch.nn.Module:
 
 
 def test_training_run_does_not_claim_the_published_ap(scratch_model: torch.nn.Module, tmp_path: Path) -> None:
-    from kdzoo.checkpoint import save_weights
+    from kdzoo.engine.hooks import FinalWeights
 
     assert scratch_model.pretrained_cfg.box_ap == 40.2  # the default tag's claim, inherited by the build
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    save_weights(scratch_model.state_dict(), scratch_model, run_dir)  # what kdzoo.train writes at the end
+    FinalWeights(scratch_model.state_dict, scratch_model, run_dir).after_train()  # what kdzoo.train writes at the end
+    assert sorted(p.name for p in run_dir.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     loaded = load_model(str(run_dir))
     cfg = loaded.model.pretrained_cfg
     assert cfg.box_ap is None and cfg.ap_dataset is None and cfg.source is None and cfg.paper is None
@@ -219,11 +219,11 @@ def test_converted_published_weights_keep_their_claims(tmp_path: Path) -> None:
 def test_training_run_from_a_drive_only_tag_does_not_claim_its_ap(tmp_path: Path) -> None:
     """The CrossKD students' configs name no file, Hub repo or URL (only a Drive id): a run's
     config.json copied from one is still recognised as a run's."""
-    from kdzoo.checkpoint import save_weights
+    from kdzoo.engine.hooks import FinalWeights
 
     model = kdzoo.create_detector("gfl_r50_crosskd", num_classes=3, input_size=(320, 320))
     assert model.pretrained_cfg.box_ap == 43.7 and model.pretrained_cfg.teacher
-    save_weights(model.state_dict(), model, tmp_path)
+    FinalWeights(model.state_dict, model, tmp_path).after_train()
     cfg = kdzoo.create_detector(f"local-dir:{tmp_path}").pretrained_cfg
     assert (cfg.box_ap, cfg.source, cfg.teacher, cfg.notes, cfg.input_size) == (None, None, None, None, (320, 320))
 

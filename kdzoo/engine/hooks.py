@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..checkpoint import atomic_write, rng_state, save_checkpoint, save_weights
+from ..checkpoint import atomic_write, rng_state, save_checkpoint
 from ..distributed import is_distributed, rank, world_size
 from ..recipe import ScheduleCfg
 from .trainer import HookBase
@@ -197,14 +197,17 @@ class RankChecksum(HookBase):
 
 
 class FinalWeights(HookBase):
-    """``model.safetensors`` + ``config.json`` of the plain student (rank 0)."""
+    """The plain student's model folder (``model.safetensors``, ``config.json``, ``README.md``) in the
+    run directory, written by :func:`kdzoo.hub.save_pretrained` (rank 0)."""
 
     def __init__(self, state_dict: Callable[[], dict[str, torch.Tensor]], student: nn.Module, run_dir: Path) -> None:
         self.state_dict, self.student, self.run_dir = state_dict, student, run_dir
 
     def after_train(self) -> None:
         if rank() == 0:
-            save_weights(self.state_dict(), self.student, self.run_dir)
+            from ..hub import save_pretrained
+
+            save_pretrained(self.student, self.run_dir, state_dict=self.state_dict())
 
 
 class EvalHook(HookBase):
