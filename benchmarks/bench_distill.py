@@ -138,9 +138,9 @@ def _train(row: Row, out: Path, seed: int | None, teacher_dir: Path | None) -> N
 
 
 def _load(recipe: str) -> dict:
-    import yaml
+    from kdzoo.recipe import resolve_bases
 
-    return yaml.safe_load((ROOT / recipe).read_text()) or {}
+    return resolve_bases(ROOT / recipe)  # the recipe merged over its _base_ files
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from .checkpoint import atomic_write
 __all__ = [
     "Recipe", "ModelCfg", "DataCfg", "ShapesCfg", "ScheduleCfg", "TeacherCfg", "DistillCfg",
     "RecipeError", "load_recipe", "recipe_from_dict", "parse_overrides", "apply_overrides", "save_recipe",
-    "builder_kwargs", "resume_changes", "format_value", "RESUME_SAFE_KEYS",
+    "builder_kwargs", "resume_changes", "format_value", "RESUME_SAFE_KEYS", "resolve_bases",
 ]
 
 
@@ -611,16 +611,100 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a YAML recipe, apply ``key.sub=value`` overrides, validate every key and type."""
+    """Read a YAML recipe (merged over its ``_base_`` recipes, see :func:`resolve_bases`), apply
+    ``key.sub=value`` overrides, validate every key and type."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+    data = apply_overrides(resolve_bases(path), parse_overrides(overrides or []))
+    return recipe_from_dict(data, source=str(path))
+
+
+BASE_KEY = "_base_"
+DELETE_KEY = "_delete_"
+
+
+def resolve_bases(path: str | Path) -> dict[str, Any]:
+    """The recipe at ``path`` with its ``_base_`` recipes merged in (MMDetection's convention, in YAML).
+
+    ``_base_`` is a path or a list of paths, relative to the recipe's own folder. The bases are merged
+    in order (a later one wins), then the recipe itself on top: mappings merge key by key, anything
+    else (numbers, strings, lists) is replaced. ``_delete_: true`` inside a mapping replaces the
+    base's mapping instead of merging into it. Each file's keys are checked against the schema
+    before merging, so an unknown key names the file that wrote it; a cycle or a missing base is an
+    error naming the chain. Paths inside a recipe (``data.root`` ...) stay relative to the working
+    directory, wherever the file that sets them lives.
+    """
+    return _resolve_file(Path(path), ())
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: not valid YAML: {e}") from e
-    data = apply_overrides(data or {}, parse_overrides(overrides or []))
-    return recipe_from_dict(data, source=str(path))
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot be read ({e.strerror or e})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of recipe keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _resolve_file(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    key = path.resolve()
+    if key in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(key):], key))
+        raise RecipeError(f"{path}: _base_ cycle: {cycle}")
+    data = _read_yaml(path)
+    bases = data.pop(BASE_KEY, [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise RecipeError(f"{path}: _base_ must be a path or a list of paths (relative to {path.parent}), got {bases!r}")
+    _check_keys(data, Recipe, "", path)
+    merged: dict[str, Any] = {}
+    for base in bases:
+        base_path = Path(base) if Path(base).is_absolute() else path.parent / base
+        if not base_path.is_file():
+            raise RecipeError(f"{path}: _base_ {base!r} does not exist (looked for {base_path})")
+        merged = _merge(merged, _resolve_file(base_path, (*chain, key)))
+    return _strip_delete(_merge(merged, data))
+
+
+def _check_keys(data: Mapping[str, Any], cls: type, prefix: str, path: Path) -> None:
+    """Unknown keys of one recipe file (before merging), with close matches; types are checked later."""
+    hints = typing.get_type_hints(cls)
+    for k, v in data.items():
+        dotted = f"{prefix}.{k}" if prefix else str(k)
+        if k == DELETE_KEY and prefix:
+            continue
+        if k not in hints:
+            allowed = list(hints)
+            close = difflib.get_close_matches(str(k), allowed, n=3, cutoff=0.6)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise RecipeError(f"{path}: unknown recipe key {dotted!r}.{hint} Allowed keys"
+                              f"{' in ' + repr(prefix) if prefix else ''}: {', '.join(allowed)}")
+        sub = next((a for a in (hints[k], *typing.get_args(hints[k])) if dataclasses.is_dataclass(a)), None)
+        if sub is not None and isinstance(v, dict):
+            _check_keys(v, sub, dotted, path)
+
+
+def _merge(base: dict[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in child.items():
+        if isinstance(v, dict) and not v.get(DELETE_KEY) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _strip_delete(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _strip_delete(v) for k, v in data.items() if k != DELETE_KEY}
+    return data
 
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:

@@ -35,11 +35,11 @@ def test_resolution_rules() -> None:
 
 
 def test_recipes_name_mmdetections_initialisation() -> None:
-    import yaml
+    from kdzoo.recipe import resolve_bases
 
     root = Path(__file__).resolve().parents[1] / "recipes" / "coco"
     for path in root.glob("*.yaml"):
-        kwargs = yaml.safe_load(path.read_text())["model"]["kwargs"]
+        kwargs = resolve_bases(path)["model"]["kwargs"]
         expected = "open-mmlab://detectron/resnet" if "fcos" in path.name else "tv_in1k"
         assert str(kwargs["backbone_pretrained"]).startswith(expected), path.name
 

@@ -155,7 +155,8 @@ def test_builder_kwargs_follow_every_registered_builder() -> None:
 def test_shipped_recipes_pass_the_kwargs_check() -> None:
     from kdzoo.recipe import load_recipe
 
-    recipes = sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+    recipes = [p for p in sorted((Path(__file__).resolve().parents[1] / "recipes").rglob("*.yaml"))
+               if "_base_" not in p.parts]  # partial recipes, merged into the others
     assert len(recipes) >= 20
     for path in recipes:
         load_recipe(path)

@@ -382,14 +382,16 @@ def test_shapes_distillation_recipes_share_their_baselines_budget() -> None:
     """Every shapes distillation recipe trains exactly its family's baseline student (model, data,
     schedule, batch, seed) and differs only by its teacher and distill sections, so the
     benchmark's rows compare methods, not budgets; the teacher it names is its family's teacher run."""
+    from kdzoo.recipe import resolve_bases
+
     shapes = REPO / "recipes" / "shapes"
-    distilled = [p for p in sorted(shapes.glob("*.yaml")) if "teacher" in yaml.safe_load(p.read_text())]
+    distilled = [p for p in sorted(shapes.glob("*.yaml")) if "teacher" in resolve_bases(p)]
     assert len(distilled) >= 9
     for path in distilled:
         family = path.stem.split("_")[0] if not path.stem.startswith("faster_rcnn") else "faster_rcnn"
-        raw, base = (yaml.safe_load(p.read_text()) for p in (path, shapes / f"{family}_student.yaml"))
+        raw, base = (resolve_bases(p) for p in (path, shapes / f"{family}_student.yaml"))
         for key in ("model", "data", "schedule", "batch_size", "seed"):
             assert raw[key] == base[key], (path.name, key)
-        teacher = yaml.safe_load((shapes / f"{family}_teacher.yaml").read_text())
+        teacher = resolve_bases(shapes / f"{family}_teacher.yaml")
         assert raw["teacher"]["checkpoint"] == teacher["output_dir"], path.name
         assert raw["teacher"].get("name", teacher["model"]["name"]) == teacher["model"]["name"], path.name
