@@ -12,7 +12,7 @@ import torch.nn as nn
 from .assigners import ATSSAssigner
 from .box_ops import DeltaXYWHCoder
 from .builder import build_dense_detector, build_detector_with_cfg
-from .criterion import Assignment, DenseCriterion
+from .criterion import Assignment, CenternessCriterion
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
 from .fcos import centerness_target, side_distances
@@ -25,7 +25,7 @@ from .registry import register_alias, register_detector, register_pretrained_cfg
 __all__ = ["ATSSHead", "ATSSCriterion"]
 
 
-class ATSSCriterion(DenseCriterion):
+class ATSSCriterion(CenternessCriterion):
     """ATSS assignment; focal loss, GIoU on decoded boxes weighted by the centerness targets and
     centerness BCE on the positives."""
 
@@ -40,28 +40,10 @@ class ATSSCriterion(DenseCriterion):
     def centerness_targets(self, pos_priors: torch.Tensor, pos_gt_boxes: torch.Tensor) -> torch.Tensor:
         return centerness_target(side_distances(anchor_centers(pos_priors), pos_gt_boxes))
 
-    def loss(self, flat: dict[str, torch.Tensor], priors: torch.Tensor, strides: torch.Tensor,
-             assignment: Assignment) -> dict[str, torch.Tensor]:
-        pos, n = assignment.positive, len(assignment.positive)
-        pos_boxes = self.coder.decode(priors[None].expand(n, -1, -1)[pos], flat["reg"][pos])
-        pos_ctr = flat["centerness"][pos]
-        if pos.any():
-            loss_bbox = self.loss_bbox(pos_boxes, assignment)
-            loss_ctr = self.loss_centerness(pos_ctr, assignment)
-        else:
-            loss_bbox = pos_boxes.sum() * 0
-            loss_ctr = pos_ctr.sum() * 0
-        return {
-            "loss_cls": self.loss_weights["cls"] * self.loss_cls(flat["cls"], assignment),
-            "loss_bbox": self.loss_weights["bbox"] * loss_bbox,
-            "loss_centerness": self.loss_weights["centerness"] * loss_ctr,
-        }
-
-    @staticmethod
-    def loss_bbox(pos_boxes: torch.Tensor, assignment: Assignment) -> torch.Tensor:
-        """GIoU weighted by the centerness targets, averaged by their sum."""
-        ctr_t = assignment.centerness_targets
-        return (giou_loss(pos_boxes, assignment.pos_gt_boxes) * ctr_t).sum() / assignment.centerness_avg
+    def loss_bbox(self, pos_priors: torch.Tensor, pos_pred: torch.Tensor, assignment: Assignment) -> torch.Tensor:
+        """GIoU of the decoded boxes weighted by the centerness targets, averaged by their sum."""
+        pos_boxes = self.coder.decode(pos_priors, pos_pred)
+        return (giou_loss(pos_boxes, assignment.pos_gt_boxes) * assignment.centerness_targets).sum() / assignment.centerness_avg
 
 
 class ATSSHead(DenseHead):

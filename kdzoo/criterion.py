@@ -125,3 +125,30 @@ class DenseCriterion:
     def kd_avg_factor(self, assignment: Assignment) -> torch.Tensor:
         """What CrossKD averages its terms by: the number of positives (FCOS: its bbox normaliser)."""
         return assignment.num_pos
+
+
+class CenternessCriterion(DenseCriterion):
+    """The families with a centerness branch (FCOS, ATSS): focal classification, a box loss on the
+    positives weighted by their centerness targets (:meth:`loss_bbox`, the family's), and the
+    centerness BCE."""
+
+    def loss(self, flat: dict[str, torch.Tensor], priors: torch.Tensor, strides: torch.Tensor,
+             assignment: Assignment) -> dict[str, torch.Tensor]:
+        pos, n = assignment.positive, len(assignment.positive)
+        pos_priors = priors[None].expand(n, -1, -1)[pos]
+        pos_pred, pos_ctr = flat["reg"][pos], flat["centerness"][pos]
+        if pos.any():
+            loss_bbox = self.loss_bbox(pos_priors, pos_pred, assignment)
+            loss_ctr = self.loss_centerness(pos_ctr, assignment)
+        else:  # no positive in the batch: zero, still connected to the graph
+            loss_bbox = pos_pred.sum() * 0
+            loss_ctr = pos_ctr.sum() * 0
+        return {
+            "loss_cls": self.loss_weights["cls"] * self.loss_cls(flat["cls"], assignment),
+            "loss_bbox": self.loss_weights["bbox"] * loss_bbox,
+            "loss_centerness": self.loss_weights["centerness"] * loss_ctr,
+        }
+
+    def loss_bbox(self, pos_priors: torch.Tensor, pos_pred: torch.Tensor, assignment: Assignment) -> torch.Tensor:
+        """The box loss of the positives (their priors and regression outputs), centerness-weighted."""
+        raise NotImplementedError

@@ -12,7 +12,7 @@ import torch.nn as nn
 from .assigners import fcos_assign
 from .box_ops import distance2bbox
 from .builder import build_dense_detector, build_detector_with_cfg
-from .criterion import Assignment, DenseCriterion
+from .criterion import Assignment, CenternessCriterion
 from .dense_head import DenseHead, LevelOutputs
 from .detector import DenseDetector
 from .layers import Scale
@@ -38,7 +38,7 @@ def side_distances(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([points - boxes[:, :2], boxes[:, 2:] - points], 1)
 
 
-class FCOSCriterion(DenseCriterion):
+class FCOSCriterion(CenternessCriterion):
     """FCOS assignment (size ranges per level); focal loss, IoU loss on the positives weighted by
     the centerness targets and centerness BCE."""
 
@@ -58,25 +58,7 @@ class FCOSCriterion(DenseCriterion):
     def centerness_targets(self, pos_priors: torch.Tensor, pos_gt_boxes: torch.Tensor) -> torch.Tensor:
         return centerness_target(side_distances(pos_priors, pos_gt_boxes))
 
-    def loss(self, flat: dict[str, torch.Tensor], priors: torch.Tensor, strides: torch.Tensor,
-             assignment: Assignment) -> dict[str, torch.Tensor]:
-        pos, n = assignment.positive, len(assignment.positive)
-        pos_points = priors[None].expand(n, -1, -1)[pos]
-        pos_pred, pos_ctr = flat["reg"][pos], flat["centerness"][pos]
-        if pos.any():
-            loss_bbox = self.loss_bbox(pos_points, pos_pred, assignment)
-            loss_ctr = self.loss_centerness(pos_ctr, assignment)
-        else:
-            loss_bbox = pos_pred.sum() * 0
-            loss_ctr = pos_ctr.sum() * 0
-        return {
-            "loss_cls": self.loss_weights["cls"] * self.loss_cls(flat["cls"], assignment),
-            "loss_bbox": self.loss_weights["bbox"] * loss_bbox,
-            "loss_centerness": self.loss_weights["centerness"] * loss_ctr,
-        }
-
-    @staticmethod
-    def loss_bbox(pos_points: torch.Tensor, pos_pred: torch.Tensor, assignment: Assignment) -> torch.Tensor:
+    def loss_bbox(self, pos_points: torch.Tensor, pos_pred: torch.Tensor, assignment: Assignment) -> torch.Tensor:
         """IoU loss weighted by the centerness targets, averaged by their sum."""
         pos_target = side_distances(pos_points, assignment.pos_gt_boxes)
         ious = iou_loss(distance2bbox(pos_points, pos_pred), distance2bbox(pos_points, pos_target))
