@@ -49,6 +49,7 @@ class ATSSCriterion(CenternessCriterion):
 class ATSSHead(DenseHead):
     has_centerness = True
     kd_defaults = dict(layer=3, cls=1.0, reg=1.0, centerness=1.0, pkd=1.0)
+    classifier = "atss_cls"  # the layer sized by num_classes (left out of weights for another class count)
 
     def __init__(self, num_classes: int, *, topk: int = 9, loss_cls_weight: float = 1.0, loss_bbox_weight: float = 2.0,
                  loss_centerness_weight: float = 1.0, **kwargs: Any) -> None:

@@ -57,7 +57,7 @@ def build_detector_with_cfg(
     model.arch_name = arch
     model.build_kwargs = dict(kwargs)
     if pretrained:
-        load_pretrained(model, pretrained_cfg)
+        load_pretrained(model, pretrained_cfg, num_classes=kwargs.get("num_classes"))
     return model
 
 

@@ -65,6 +65,7 @@ class DenseHead(nn.Module):
     #: CrossKD's reference settings for the family: tower layer, loss weights
     #: (``layer``, ``cls``, ``reg``, ``centerness``, ``pkd``); ``None``: not supported
     kd_defaults: ClassVar[dict[str, float] | None] = None
+    classifier: ClassVar[str] = ""  # the class-score layer's attribute name (sized by num_classes)
     #: the family's assignment and losses; set by each family's ``__init__``
     criterion: DenseCriterion
 

@@ -61,6 +61,15 @@ class Detector(nn.Module):
         self.arch_name: str = ""
         self.build_kwargs: dict[str, Any] = {}
 
+    def classifier_keys(self) -> list[str]:
+        """State-dict keys whose shape depends on ``num_classes`` (timm's ``classifier``): left out, and
+        freshly initialised, when weights trained for another number of classes are loaded."""
+        prefixes = tuple(f"{p}." for p in self.classifier_modules())
+        return [k for k in self.state_dict() if k.startswith(prefixes)]
+
+    def classifier_modules(self) -> tuple[str, ...]:
+        raise NotImplementedError
+
     def set_inference_precision(self, dtype: torch.dtype | str | None) -> "Detector":
         """Fast path: run backbone, neck and head under autocast (``'bf16'`` on CPUs with AVX-512
         BF16/AMX, ``'fp16'``/``'bf16'`` on GPUs) with channels-last memory; decoding and NMS stay fp32."""
@@ -114,6 +123,9 @@ class DenseDetector(Detector):
                  *, pretrained_cfg: PretrainedCfg | None = None) -> None:
         super().__init__(backbone, neck, transform, bbox_head.num_classes, pretrained_cfg=pretrained_cfg)
         self.bbox_head = bbox_head
+
+    def classifier_modules(self) -> tuple[str, ...]:
+        return (f"bbox_head.{self.bbox_head.classifier}",)
 
     def forward(self, images: list[torch.Tensor], targets: list[dict] | None = None):
         if self.training:

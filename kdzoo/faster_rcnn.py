@@ -380,6 +380,10 @@ class FasterRCNN(Detector):
         self.rpn_head = rpn_head
         self.roi_head = roi_head
 
+    def classifier_modules(self) -> tuple[str, ...]:
+        # MMDetection's box regression is per class (4 x num_classes outputs): sized by num_classes too.
+        return ("roi_head.bbox_head.fc_cls", "roi_head.bbox_head.fc_reg")
+
     def extract_feats(self, x: torch.Tensor) -> list[torch.Tensor]:
         """FPN levels P2..P6 (strides 4..64); the RoI head pools from P2..P5."""
         return self.neck(self.backbone(x))

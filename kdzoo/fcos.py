@@ -73,6 +73,7 @@ class FCOSHead(DenseHead):
     has_centerness = True
     uses_valid_flags = False  # MMDetection's FCOS assigns every point, padding included
     kd_defaults = dict(layer=2, cls=0.4, reg=0.75, centerness=0.0, pkd=2.0)
+    classifier = "conv_cls"  # the layer sized by num_classes (left out of weights for another class count)
 
     def __init__(self, num_classes: int, *, regress_ranges: tuple[tuple[float, float], ...] | None = None,
                  loss_cls_weight: float = 1.0, loss_bbox_weight: float = 1.0, loss_centerness_weight: float = 1.0,

@@ -84,6 +84,7 @@ class GFLCriterion(DenseCriterion):
 
 class GFLHead(DenseHead):
     kd_defaults = dict(layer=3, cls=1.0, reg=4.0, centerness=0.0, pkd=6.0)
+    classifier = "gfl_cls"  # the layer sized by num_classes (left out of weights for another class count)
 
     def __init__(self, num_classes: int, *, reg_max: int = 16, topk: int = 9, loss_cls_weight: float = 1.0,
                  loss_bbox_weight: float = 2.0, loss_dfl_weight: float = 0.25, qfl_beta: float = 2.0, **kwargs: Any) -> None:

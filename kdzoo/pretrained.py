@@ -17,6 +17,7 @@ tensors (and, for MMDetection's files, MMEngine's metadata objects) is refused, 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import pickle
 import re
@@ -30,6 +31,8 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+
+_log = logging.getLogger(__name__)
 
 __all__ = ["PretrainedCfg", "load_pretrained", "no_weights_error", "load_state_dict_checked", "gdrive_cache_path", "gdrive_url",
            "url_cache_path", "read_weights_file", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -373,11 +376,33 @@ def load_state_dict_checked(model: nn.Module, state_dict: dict[str, torch.Tensor
     model.load_state_dict(state_dict, strict=True)
 
 
-def load_pretrained(model: nn.Module, cfg: PretrainedCfg) -> None:
+def load_pretrained(model: nn.Module, cfg: PretrainedCfg, *, num_classes: int | None = None) -> None:
+    """Load ``cfg``'s weights into ``model``, strictly. ``num_classes``: the class count the caller
+    asked for; when it differs from the weights' (``cfg.num_classes``), the layers sized by it
+    (``model.classifier_keys()``: the class scores, and Faster R-CNN's per-class box deltas) keep
+    their fresh initialisation and everything else loads strictly, as timm does for a classifier:
+    the start of fine-tuning a zoo detector on other classes. The model's config then names the new
+    class count and drops the weights' class names."""
     state_dict = _read_checkpoint(cfg)
     if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]  # MMDetection checkpoints wrap weights with meta
     filter_fn = _resolve_filter(cfg.filter_fn)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
-    load_state_dict_checked(model, state_dict, source=f"weights of {cfg.architecture}.{cfg.tag}")
+    source = f"weights of {cfg.architecture}.{cfg.tag}"
+    if num_classes is None or not cfg.num_classes or num_classes == cfg.num_classes:
+        load_state_dict_checked(model, state_dict, source=source)
+        return
+    own = model.state_dict()
+    # Only layers whose stored shape really differs (a folder's config may carry a stale class count).
+    fresh = {k for k in model.classifier_keys()
+             if k in state_dict and tuple(getattr(state_dict[k], "shape", ())) != tuple(own[k].shape)}
+    if not fresh:
+        load_state_dict_checked(model, state_dict, source=source)
+        return
+    kept = {k: v for k, v in state_dict.items() if k not in fresh}
+    load_state_dict_checked(model, {**kept, **{k: own[k] for k in fresh}}, source=source)
+    _log.info("%s: trained for %d classes; %s initialised afresh for %d classes", source, cfg.num_classes,
+              ", ".join(sorted({k.rpartition(".")[0] for k in fresh})), num_classes)
+    model.pretrained_cfg = dataclasses.replace(model.pretrained_cfg, num_classes=num_classes, categories=(),
+                                               category_ids=())

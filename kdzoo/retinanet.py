@@ -49,6 +49,7 @@ class RetinaCriterion(DenseCriterion):
 
 class RetinaHead(DenseHead):
     kd_defaults = dict(layer=3, cls=1.0, reg=1.0, centerness=0.0, pkd=2.0)
+    classifier = "retina_cls"  # the layer sized by num_classes (left out of weights for another class count)
 
     def __init__(self, num_classes: int, *, loss_cls_weight: float = 1.0, loss_bbox_weight: float = 1.0, **kwargs: Any) -> None:
         self.anchor_generator = AnchorGenerator(kwargs.get("strides", (8, 16, 32, 64, 128)), ratios=(0.5, 1.0, 2.0),

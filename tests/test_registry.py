@@ -35,7 +35,7 @@ def loads(monkeypatch):
     """Record which config each build would load; the family builders are stubbed (the real ones are
     exercised everywhere else), nothing is downloaded."""
     seen = []
-    monkeypatch.setattr(builder, "load_pretrained", lambda model, cfg: seen.append(f"{cfg.architecture}.{cfg.tag}"))
+    monkeypatch.setattr(builder, "load_pretrained", lambda model, cfg, **kw: seen.append(f"{cfg.architecture}.{cfg.tag}"))
     for family in (kdzoo.gfl, kdzoo.atss, kdzoo.fcos, kdzoo.retinanet, kdzoo.faster_rcnn):
         monkeypatch.setattr(family, "BUILD_FN", _Stub)
     return seen
