@@ -2,7 +2,8 @@
 
 ``checkpoint.pt`` holds the trainable model's weights (a distiller's student and adapters; the
 frozen teacher is rebuilt from its own source), the optimizer, the lr schedule's position, the
-GradScaler, the iteration, every rank's RNG state and the resolved recipe.
+GradScaler, the iteration, every rank's RNG state, the resolved recipe and, when the recipe turns
+them on, the state of the stateful hooks (EMA weights, best metric so far, early stopping).
 
 Only the standard library and torch at import: kdzoo.hub and kdzoo.recipe build on this module.
 """
@@ -113,11 +114,15 @@ def check_fits(model: nn.Module, state: dict[str, torch.Tensor], source: str, bu
 # --------------------------------------------------------------------------- checkpoint.pt
 def save_checkpoint(path: Path, *, iteration: int, model: nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: dict[str, Any], scaler: torch.amp.GradScaler, rngs: list[Any],
-                    recipe: dict[str, Any]) -> None:
-    """Write ``path`` atomically; ``rngs`` holds every rank's :func:`rng_state`."""
+                    recipe: dict[str, Any], hooks: dict[str, Any] | None = None) -> None:
+    """Write ``path`` atomically; ``rngs`` holds every rank's :func:`rng_state`. ``hooks``: the
+    state of the stateful training hooks by name (``ema``, ``best``, ``early_stop``; tensors and
+    plain values only), stored under ``"hooks"`` when there is any."""
     state = {"iteration": iteration, "model": model_state(model), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler, "scaler": scaler.state_dict() if scaler.is_enabled() else None, "rng": rngs,
              "world_size": len(rngs), "recipe": recipe}
+    if hooks:
+        state["hooks"] = hooks
     atomic_write(path, lambda p: torch.save(state, p))
 
 

@@ -63,6 +63,12 @@ class ShapesCfg:
 @dataclass
 class DataCfg:
     root: str = ""  # dataset root; the relative paths below are resolved against it
+    # coco: the *_images/*_ann paths below; yolo: root is the folder holding data.yaml; voc: root is the
+    # VOC year folder (Annotations/, JPEGImages/, ImageSets/Main/). See docs/datasets.md.
+    format: Literal["coco", "yolo", "voc"] = "coco"
+    train_split: str = "train"  # yolo: a data.yaml key; voc: an ImageSets/Main/<split>.txt name
+    val_split: str = "val"
+    classes: list[str] | None = None  # voc: the class order (default: see kdzoo.data.voc)
     train_images: str = "train"
     train_ann: str = "annotations/instances_train.json"
     val_images: str = "val"
@@ -115,6 +121,40 @@ class DistillCfg:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+#: Metric names an evaluation gives (kdzoo.evaluation): what ``best.metric`` / ``early_stop.metric`` may name.
+EVAL_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+@dataclass
+class EmaCfg:
+    """Exponential moving average of the student's weights (timm's ``ModelEmaV3``); docs/training.md."""
+
+    decay: float = 0.9998
+    warmup: bool = True  # decay = 1 - (1 + step / warmup_gamma) ** -warmup_power, capped at `decay`
+    warmup_gamma: float = 1.0
+    warmup_power: float = 2 / 3
+    min_decay: float = 0.0  # floor of the warmed-up decay
+    buffers: bool = True  # average the buffers (BatchNorm statistics) too; false copies them
+
+
+@dataclass
+class BestCfg:
+    """Keep ``best.safetensors`` + ``best.json`` of the evaluation with the best ``metric``."""
+
+    metric: str = "AP"
+    mode: Literal["max", "min"] = "max"
+
+
+@dataclass
+class EarlyStopCfg:
+    """Stop after ``patience`` evaluations without an improvement of ``metric`` by more than ``min_delta``."""
+
+    metric: str = "AP"
+    patience: int = 3
+    min_delta: float = 0.0
+    mode: Literal["max", "min"] = "max"
+
+
 @dataclass
 class Recipe:
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -134,6 +174,10 @@ class Recipe:
     log_interval: int = 20
     teacher: TeacherCfg | None = None
     distill: DistillCfg | None = None
+    ema: EmaCfg | None = None  # EMA of the student's weights; evaluations and the final weights use it
+    best: BestCfg | None = None  # best.safetensors + best.json of the best evaluation
+    early_stop: EarlyStopCfg | None = None  # needs eval_interval > 0
+    tensorboard: bool = False  # scalars to OUTPUT_DIR/tensorboard/ (pip install kdzoo[tensorboard])
 
     def validate(self) -> "Recipe":
         """Cross-field checks that the types alone cannot express."""
@@ -182,8 +226,38 @@ class Recipe:
                 raise RecipeError("teacher.name is required when teacher.checkpoint is not a run directory")
             if not self.distill.method:
                 raise RecipeError("distill.method is required (e.g. 'crosskd')")
+        self._check_hooks()
         self.check_kwargs()
         return self
+
+    def _check_hooks(self) -> None:
+        """``ema``, ``best`` and ``early_stop``: ranges, metric names, and what early stopping needs."""
+        e = self.ema
+        if e is not None:
+            if not 0.0 < e.decay < 1.0:
+                raise RecipeError(f"ema.decay must be in (0, 1), got {e.decay}")
+            if not 0.0 <= e.min_decay <= e.decay:
+                raise RecipeError(f"ema.min_decay must be in [0, ema.decay={e.decay}], got {e.min_decay}")
+            for key in ("warmup_gamma", "warmup_power"):
+                if getattr(e, key) <= 0:
+                    raise RecipeError(f"ema.{key} must be > 0, got {getattr(e, key)}")
+        for key in ("best", "early_stop"):
+            cfg = getattr(self, key)
+            if cfg is not None and cfg.metric not in EVAL_METRICS:
+                close = [m for m in EVAL_METRICS if m.lower() == cfg.metric.lower()] or \
+                    difflib.get_close_matches(cfg.metric, EVAL_METRICS, n=3, cutoff=0.6)
+                hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                raise RecipeError(f"{key}.metric: unknown evaluation metric {cfg.metric!r}.{hint} "
+                                  f"Expected one of {', '.join(EVAL_METRICS)}")
+        s = self.early_stop
+        if s is not None:
+            if s.patience < 1:
+                raise RecipeError(f"early_stop.patience must be >= 1 (evaluations without improvement), got {s.patience}")
+            if s.min_delta < 0:
+                raise RecipeError(f"early_stop.min_delta must be >= 0, got {s.min_delta}")
+            if self.eval_interval <= 0:
+                raise RecipeError("early_stop needs periodic evaluations: set eval_interval > 0 (iterations "
+                                  "between evaluations; early_stop.patience counts evaluations)")
 
     def check_kwargs(self) -> None:
         """Check ``model.kwargs``, ``teacher.kwargs`` and ``distill.options`` against the keyword
@@ -231,10 +305,44 @@ class Recipe:
         if not Path(d.root).is_dir():
             raise RecipeError(f"data.root: dataset directory {d.root!r} does not exist"
                               + ("" if d.shapes is None else " (it is generated when data.shapes is set)"))
-        for key, is_dir in (("train_images", True), ("train_ann", False), ("val_images", True), ("val_ann", False)):
-            p = d.path(key)
-            if not (p.is_dir() if is_dir else p.is_file()):
-                raise RecipeError(f"data.{key}: {'directory' if is_dir else 'file'} {str(p)!r} does not exist")
+        if d.classes is not None and d.format != "voc":
+            raise RecipeError(f"data.classes: only data.format: voc takes a class list; a {d.format} dataset names its "
+                              "classes itself (yolo: data.yaml 'names', coco: 'categories')")
+        if d.shapes is not None and d.format != "coco":
+            raise RecipeError(f"data.shapes generates a COCO dataset but data.format is {d.format!r}; expected "
+                              "data.format: coco (or no data.shapes)")
+        if d.format == "coco":
+            for key, is_dir in (("train_images", True), ("train_ann", False), ("val_images", True), ("val_ann", False)):
+                p = d.path(key)
+                if not (p.is_dir() if is_dir else p.is_file()):
+                    raise RecipeError(f"data.{key}: {'directory' if is_dir else 'file'} {str(p)!r} does not exist")
+        elif d.format == "yolo":  # docs/datasets.md
+            from .data.yolo import DATA_YAML, load_data_yaml, yolo_split_paths
+
+            if not (Path(d.root) / DATA_YAML).is_file():
+                raise RecipeError(f"data.root: {d.root!r} has no {DATA_YAML}; data.format: yolo expects the folder "
+                                  "holding the YOLO data.yaml")
+            try:
+                load_data_yaml(d.root)
+            except ValueError as e:
+                raise RecipeError(f"data.root: {e}") from None
+            for key in ("train_split", "val_split"):
+                try:
+                    yolo_split_paths(d.root, getattr(d, key))
+                except (ValueError, OSError) as e:
+                    raise RecipeError(f"data.{key}: {e}") from None
+        else:  # voc
+            for sub in ("Annotations", "JPEGImages"):
+                if not (Path(d.root) / sub).is_dir():
+                    raise RecipeError(f"data.root: {d.root!r} has no {sub}/ folder; data.format: voc expects the VOC "
+                                      "year folder (Annotations/, JPEGImages/, ImageSets/Main/)")
+            for key in ("train_split", "val_split"):
+                p = Path(d.root) / "ImageSets" / "Main" / f"{getattr(d, key)}.txt"
+                if not p.is_file():
+                    raise RecipeError(f"data.{key}: VOC split file {str(p)!r} does not exist "
+                                      "(expected ImageSets/Main/<split>.txt)")
+            if d.classes is not None and (not d.classes or len(set(d.classes)) != len(d.classes)):
+                raise RecipeError(f"data.classes: expected a non-empty list of distinct class names, got {d.classes}")
         if self.teacher is not None and self.teacher.checkpoint and not Path(self.teacher.checkpoint).exists():
             raise RecipeError(f"teacher.checkpoint: {self.teacher.checkpoint!r} does not exist "
                               "(expected a run directory with config.json + model.safetensors, or a weights file)")
@@ -408,10 +516,11 @@ def _resolve(node: ast.expr, fn: Callable[..., Any], env: dict[str, Any], owner:
 
 # --------------------------------------------------------------------------- resume
 #: Top-level keys a resumed run may change: where and how often it logs, evaluates and saves,
-#: and how it loads data. Every other key (model, data, schedule, batch_size, seed, amp, teacher,
-#: distill) defines the run, and ``--resume`` refuses a change to it.
+#: how it loads data, and which evaluation it keeps or stops at (best, early_stop, tensorboard).
+#: Every other key (model, data, schedule, batch_size, seed, amp, teacher, distill, ema) defines
+#: the run's weights, and ``--resume`` refuses a change to it.
 RESUME_SAFE_KEYS = frozenset({"output_dir", "workers", "device", "log_interval", "checkpoint_interval",
-                              "eval_interval", "eval_batch_size"})
+                              "eval_interval", "eval_batch_size", "best", "early_stop", "tensorboard"})
 
 _ABSENT = object()
 

@@ -1,4 +1,4 @@
-"""The ``kdzoo`` command: ``kdzoo train|eval|predict|export|convert|embed|publish|shapes ...``.
+"""The ``kdzoo`` command: ``kdzoo train|eval|predict|export|convert|embed|publish|shapes|convert-data ...``.
 
 Each command is a thin argparse module here (``kdzoo/cli/<command>.py``: ``add_arguments(parser)``
 and ``run(args) -> int``) over a library that never exits the process. ``python -m kdzoo.<command>``
@@ -32,6 +32,7 @@ COMMANDS = {
     "embed": "embed a training run in the package as an offline pretrained tag",
     "publish": "upload a training run to the Hugging Face Hub with its model card",
     "shapes": "generate the synthetic shapes dataset (COCO format)",
+    "convert-data": "convert a detection dataset between COCO JSON, YOLO and Pascal VOC",
 }
 
 
@@ -67,7 +68,7 @@ def _call(run: Callable[[argparse.Namespace], Any], args: argparse.Namespace, pa
 
 
 def _module(command: str) -> Any:
-    return importlib.import_module(f"kdzoo.cli.{command}")
+    return importlib.import_module(f"kdzoo.cli.{command.replace('-', '_')}")  # convert-data: cli/convert_data.py
 
 
 def _parser(command: str, prog: str) -> argparse.ArgumentParser:

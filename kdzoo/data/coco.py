@@ -32,28 +32,40 @@ _REQUIRED_KEYS = ("images", "categories")
 _log = logging.getLogger(__name__)
 
 
-def load_coco(ann_file: str | Path) -> COCO:
-    """Load a COCO annotation file with explicit errors instead of pycocotools' asserts."""
-    path = Path(ann_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"COCO annotation file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"annotation file {path} is not valid JSON: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"annotation file {path} is not COCO JSON: expected an object, got {type(data).__name__}")
+def load_coco(ann_file: str | Path | dict[str, Any], source: str | None = None) -> COCO:
+    """Load COCO annotations with explicit errors instead of pycocotools' asserts.
+
+    ``ann_file`` is a COCO JSON file or an in-memory COCO dict (what :mod:`kdzoo.data.yolo` and
+    :mod:`kdzoo.data.voc` read); errors about a dict name ``source`` (e.g. the YOLO data.yaml).
+    A dict is not modified: the index is built on a shallow copy.
+    """
+    if isinstance(ann_file, dict):
+        data: Any = dict(ann_file)
+        where = source or "COCO annotation dict"
+        kind = "COCO data"
+    else:
+        path = Path(ann_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"COCO annotation file not found: {path}")
+        try:
+            with open(path, "rb") as f:
+                data = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"annotation file {path} is not valid JSON: {e}") from e
+        where = f"annotation file {path}"
+        kind = "COCO JSON"
+        if not isinstance(data, dict):
+            raise ValueError(f"{where} is not {kind}: expected an object, got {type(data).__name__}")
     missing = [k for k in _REQUIRED_KEYS if k not in data]
     if missing:
         raise ValueError(
-            f"annotation file {path} is not COCO JSON: missing key(s) {missing} (found {sorted(data)[:10]})"
+            f"{where} is not {kind}: missing key(s) {missing} (found {sorted(data)[:10]})"
         )
     # Image-info-only files (e.g. test-dev) have no annotations; treat them as unlabelled.
     data.setdefault("annotations", [])
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
-            raise ValueError(f"annotation file {path}: '{key}' must be a list, got {type(data[key]).__name__}")
+            raise ValueError(f"{where}: '{key}' must be a list, got {type(data[key]).__name__}")
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress noise
@@ -97,11 +109,14 @@ class CocoDetection(Dataset):
 
     Args:
         root: directory holding the images (``file_name`` is relative to it).
-        ann_file: COCO instances JSON.
+        ann_file: COCO instances JSON, or an in-memory COCO dict (e.g. from
+            :func:`kdzoo.data.yolo.read_yolo` or :func:`kdzoo.data.voc.read_voc`).
         train: enables the random horizontal flip.
         flip_prob: flip probability in train mode.
         filter_empty: drop images without any usable (non-crowd, non-degenerate) box,
             as detectors are usually trained.
+        source: what messages call a dict ``ann_file`` (e.g. the YOLO data.yaml); a path
+            names itself.
 
     Every annotation is checked when the dataset is built: a malformed or non-finite ``bbox``
     or an unknown ``category_id`` raises ValueError there. Degenerate boxes (under 1 px wide
@@ -113,17 +128,20 @@ class CocoDetection(Dataset):
     def __init__(
         self,
         root: str | Path,
-        ann_file: str | Path,
+        ann_file: str | Path | dict[str, Any],
         train: bool = False,
         flip_prob: float = 0.5,
         filter_empty: bool = False,
+        source: str | None = None,
     ) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image directory not found: {self.root}")
         if not 0.0 <= flip_prob <= 1.0:
             raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
-        self.coco = load_coco(ann_file)
+        self.coco = load_coco(ann_file, source)
+        # What warnings name: the annotation file, or the source of an in-memory dict.
+        self.source: str = str(ann_file) if not isinstance(ann_file, dict) else (source or "COCO annotation dict")
         self.train = train
         self.flip_prob = flip_prob
 
@@ -133,12 +151,12 @@ class CocoDetection(Dataset):
         self.categories: list[str] = [self.coco.cats[c]["name"] for c in cat_ids]
 
         ids = sorted(self.coco.imgs)
-        usable = self._scan_boxes(ids, ann_file)
+        usable = self._scan_boxes(ids, self.source)
         if filter_empty:
             ids = [i for i in ids if usable[i]]
         self.ids: list[int] = ids
 
-    def _scan_boxes(self, ids: list[int], ann_file: str | Path) -> dict[int, int]:
+    def _scan_boxes(self, ids: list[int], ann_file: str) -> dict[int, int]:
         """Validate every annotation once (so bad ones fail here, not mid-run), count each image's
         usable boxes, and report the degenerate boxes that will be left out, in one warning line."""
         usable: dict[int, int] = {}

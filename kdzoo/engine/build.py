@@ -72,13 +72,28 @@ def build_run(recipe: Recipe, device: torch.device) -> RunParts:
 
 def build_datasets(recipe: Recipe) -> tuple[CocoDetection, CocoDetection]:
     d = recipe.data
-    train_ds = CocoDetection(d.path("train_images"), d.path("train_ann"), train=True, flip_prob=d.flip,
-                             filter_empty=d.filter_empty)
-    val_ds = CocoDetection(d.path("val_images"), d.path("val_ann"), train=False)
+    if d.format == "coco":
+        train_ds = CocoDetection(d.path("train_images"), d.path("train_ann"), train=True, flip_prob=d.flip,
+                                 filter_empty=d.filter_empty)
+        val_ds = CocoDetection(d.path("val_images"), d.path("val_ann"), train=False)
+        train_key, train_src, val_key = "data.train_ann", str(d.path("train_ann")), "data.val_ann"
+    else:  # yolo / voc, read into COCO dicts (docs/datasets.md)
+        from ..data.convert import read_dataset
+        from ..data.voc import voc_classes
+
+        classes = d.classes
+        if d.format == "voc" and classes is None:  # one class list for both splits
+            classes = voc_classes(d.root, [d.train_split, d.val_split])
+        tr = read_dataset(d.format, d.root, d.train_split, classes=classes)
+        va = read_dataset(d.format, d.root, d.val_split, classes=classes)
+        train_ds = CocoDetection(tr.images_dir, tr.coco, train=True, flip_prob=d.flip, filter_empty=d.filter_empty,
+                                 source=tr.source)
+        val_ds = CocoDetection(va.images_dir, va.coco, train=False, source=va.source)
+        train_key, train_src, val_key = "data.train_split", tr.source, "data.val_split"
     if len(train_ds) == 0:
-        raise RecipeError(f"data.train_ann: {d.path('train_ann')} has no training image with a usable box")
+        raise RecipeError(f"{train_key}: {train_src} has no training image with a usable box")
     if val_ds.categories != train_ds.categories:
-        raise RecipeError(f"data.val_ann: categories {val_ds.categories} differ from the training ones {train_ds.categories}")
+        raise RecipeError(f"{val_key}: categories {val_ds.categories} differ from the training ones {train_ds.categories}")
     check_images(train_ds, val_ds)  # every image file reads: a bad one stops the run here, not midway
     return train_ds, val_ds
 
@@ -96,10 +111,15 @@ def build_student(recipe: Recipe, train_ds: CocoDetection) -> nn.Module:
         kwargs["input_size"] = tuple(d.input_size)
     if d.train_sizes is not None:
         kwargs["train_sizes"] = [tuple(s) for s in d.train_sizes]
+    # The dataset's classes are stamped on the model's config after the build: weights trained for
+    # another class count (a COCO zoo detector fine-tuned on the user's classes) then load with a
+    # fresh classifier (kdzoo.pretrained.load_pretrained), and everything else strictly.
     overlay = {"num_classes": train_ds.num_classes, "categories": tuple(train_ds.categories),
                "category_ids": tuple(train_ds.label_to_cat_id)}
     try:
-        return create_detector(m.name, pretrained=m.pretrained, pretrained_cfg_overlay=overlay, **kwargs)
+        model = create_detector(m.name, pretrained=m.pretrained, **kwargs)
+        model.pretrained_cfg = dataclasses.replace(model.pretrained_cfg, **overlay)
+        return model
     except (OSError, RuntimeError) as e:
         if kwargs.get("backbone_pretrained") or m.pretrained:
             raise WeightsUnavailableError(
@@ -141,14 +161,16 @@ def build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
     elif ckpt is not None:  # a bare weights file: its head is assumed to be the dataset's size unless told
         kwargs = dict(t.kwargs)
         kwargs.setdefault("num_classes", num_classes)
-        try:
-            teacher = create_detector(t.name, pretrained=True, pretrained_cfg_overlay={"file": str(ckpt)}, **kwargs)
+        try:  # the file's class count is the teacher's: loaded strictly, never with a fresh classifier
+            teacher = create_detector(t.name, pretrained=True, **kwargs,
+                                      pretrained_cfg_overlay={"file": str(ckpt), "num_classes": kwargs["num_classes"]})
         except (RuntimeError, ValueError) as e:
             # load_pretrained's message names the architecture but neither the file nor its role.
             raise CheckpointError(f"the teacher checkpoint {ckpt} (teacher.checkpoint) does not load into "
                                   f"teacher.name {t.name!r}: {e}") from e
-    else:
-        teacher = create_detector(t.name, pretrained=True, **t.kwargs)
+    else:  # the registered weights, strictly (a teacher.kwargs.num_classes unlike theirs is an error)
+        overlay = {"num_classes": t.kwargs["num_classes"]} if "num_classes" in t.kwargs else None
+        teacher = create_detector(t.name, pretrained=True, pretrained_cfg_overlay=overlay, **t.kwargs)
     if teacher.num_classes != num_classes:
         raise RecipeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}")
     return teacher

@@ -19,8 +19,9 @@ from ..checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint
 from ..distributed import is_distributed, rank, world_size
 from ..recipe import Recipe, RecipeError, save_recipe
 from . import build as B
-from .hooks import (DistillProgress, EvalHook, FinalWeights, LRScheduler, MetricsLog, MetricsWriter,
-                    PeriodicCheckpointer, RankChecksum)
+from .hooks import (TENSORBOARD_DIR, BestCheckpoint, DistillProgress, EarlyStopping, EMAHook, EvalHook, FinalWeights,
+                    LRScheduler, MetricsLog, MetricsWriter, PeriodicCheckpointer, RankChecksum, TensorBoardWriter,
+                    load_hook_states, require_tensorboard)
 from .trainer import HookBase, SimpleTrainer
 
 __all__ = ["train", "default_hooks", "METRICS_FILE"]
@@ -30,6 +31,8 @@ METRICS_FILE = "metrics.jsonl"
 
 def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
     """Train (or continue) the run described by ``recipe``; returns the final metrics on rank 0."""
+    if recipe.tensorboard:
+        require_tensorboard()
     device = B.device(recipe)
     B.init_distributed(device)
     main_proc = rank() == 0
@@ -49,10 +52,12 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
     max_iters = s.iters if s.iters is not None else s.epochs * ipe
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
     start_iter, resumed_at = 0, None
+    hook_state: dict[str, Any] = {}
     if state is not None:
         start_iter = resumed_at = load_checkpoint(state, ckpt_path, parts.model, parts.optimizer, scaler,
                                                   rank(), world_size())
-        del state  # the weights now live in the model and the optimizer
+        hook_state = state.get("hooks") or {}
+        del state  # the weights now live in the model and the optimizer (the EMA's, in hook_state)
         if main_proc:
             print(f"resuming {run_dir} from iteration {start_iter}/{max_iters}", file=sys.stderr)
     else:
@@ -66,19 +71,31 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
         for stale in run_dir.glob(".*.tmp"):  # left by a kill during an atomic write
             stale.unlink(missing_ok=True)
         save_recipe(recipe, run_dir / "recipe.yaml")
+        files = [METRICS_FILE, CHECKPOINT_FILE] + [f"{TENSORBOARD_DIR}/"] * recipe.tensorboard
+        print(f"run directory: {run_dir.resolve()} ({', '.join(files)})", file=sys.stderr)
     log = MetricsLog(run_dir / METRICS_FILE, start_iter if resume else None)
 
+    # A run that stopped early is complete while early stopping is on; with early_stop: null it trains on.
+    stopped_at = (hook_state.get("early_stop") or {}).get("stopped_at") if recipe.early_stop is not None else None
     final_eval = run_dir / "eval.json"
-    if start_iter == max_iters and final_eval.is_file() and (run_dir / "model.safetensors").is_file():
+    if (start_iter == max_iters or stopped_at == start_iter) and final_eval.is_file() \
+            and (run_dir / "model.safetensors").is_file():
         # --resume of a finished run (e.g. `make run` again): nothing to train or to evaluate.
         if not main_proc:
             return None
         from ..evaluation import format_table
 
         metrics = json.loads(final_eval.read_text())
-        print(f"{run_dir} is complete ({max_iters} iterations):\n{format_table(metrics)}", file=sys.stderr)
+        how = f"{max_iters} iterations" if start_iter == max_iters else \
+            f"stopped early at iteration {start_iter} of {max_iters} (early_stop)"
+        print(f"{run_dir} is complete ({how}):\n{format_table(metrics)}", file=sys.stderr)
         return metrics
 
+    # Built before the DDP wrapper, so that the EMA copies the plain student.
+    hooks = default_hooks(recipe, parts, scaler, log, device, resumed_at)
+    if resumed_at is not None:
+        load_hook_states(hooks, hook_state, ckpt_path)
+    del hook_state
     model = parts.model
     if is_distributed():
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
@@ -90,7 +107,6 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
 
     trainer = SimpleTrainer(model, B.train_batches(parts.train_ds, recipe, start_iter, device), parts.optimizer, scaler,
                             grad_clip=s.grad_clip, autocast=autocast)
-    hooks = default_hooks(recipe, parts, scaler, log, device, resumed_at)
     trainer.register_hooks(hooks)
     trainer.train(start_iter, max_iters)
     if is_distributed():
@@ -100,26 +116,40 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
 
 def default_hooks(recipe: Recipe, parts: B.RunParts, scaler: torch.amp.GradScaler, log: MetricsLog,
                   device: torch.device, resumed_at: int | None) -> list[HookBase | None]:
-    """lr schedule, distillation progress (distillers only), metrics writer, periodic checkpoint,
-    rank checksum (DDP only), final weights, evaluation (its ``final`` is the run's result); None
-    where a hook does not apply."""
-    from ..evaluation import evaluate
+    """lr schedule, distillation progress (distillers only), metrics writer, EMA (``ema``), final
+    weights, evaluation (its ``final`` is the run's result), best checkpoint (``best``), early
+    stopping (``early_stop``), periodic checkpoint, rank checksum (DDP only), TensorBoard
+    (``tensorboard``); None where a hook does not apply.
+
+    The order matters: the EMA is updated before anything reads it; the hooks that act on an
+    evaluation come right after it; the checkpoint follows them, so it holds their state; the
+    TensorBoard writer closes last, after the final records."""
+    from .. import evaluation
 
     run_dir = Path(recipe.output_dir)
     ipe = B.iters_per_epoch(len(parts.train_ds), recipe.batch_size)
     lr = LRScheduler(parts.optimizer, recipe.schedule, parts.base_lr, ipe)
+    ema = EMAHook(parts.student, recipe.ema) if recipe.ema is not None else None
+    # With EMA on, the run's result is the averaged student: evaluations, best and final weights use it.
+    evaluated = ema.module if ema is not None else parts.student
+    weights = ema.module.state_dict if ema is not None else parts.student_state_dict
 
     def run_eval() -> tuple[dict[str, Any], Any]:
-        return evaluate(parts.student, parts.val_ds, batch_size=recipe.eval_batch_size, workers=recipe.workers,
-                        device=device, progress=rank() == 0)
+        return evaluation.evaluate(evaluated, parts.val_ds, batch_size=recipe.eval_batch_size, workers=recipe.workers,
+                                   device=device, progress=rank() == 0)
 
+    evals = EvalHook(run_eval, log, recipe.eval_interval, run_dir, keep_results=recipe.early_stop is not None)
     return [
         lr,
         DistillProgress(parts.distiller) if parts.distiller is not None else None,
         MetricsWriter(log, lr, recipe.log_interval, ipe, recipe.batch_size * world_size(), run_dir.name),
+        ema,
+        FinalWeights(weights, parts.student, run_dir),
+        evals,
+        BestCheckpoint(evals, recipe.best, weights, run_dir) if recipe.best is not None else None,
+        EarlyStopping(evals, recipe.early_stop, log) if recipe.early_stop is not None else None,
         PeriodicCheckpointer(run_dir / CHECKPOINT_FILE, parts.model, parts.optimizer, scaler, lr, recipe.to_dict(),
                              recipe.checkpoint_interval, resumed_at),
         RankChecksum(parts.model, log) if is_distributed() else None,
-        FinalWeights(parts.student_state_dict, parts.student, run_dir),
-        EvalHook(run_eval, log, recipe.eval_interval, run_dir),
+        TensorBoardWriter(log, run_dir) if recipe.tensorboard else None,
     ]

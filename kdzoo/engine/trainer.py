@@ -41,14 +41,29 @@ class HookBase:
 
 class TrainerBase:
     """``train(start_iter, max_iter)``: ``before_train``, then for every iteration ``before_step``,
-    :meth:`run_step`, ``after_step``, then ``after_train`` (only when every step succeeded: a
-    stopped run writes no final weights)."""
+    :meth:`run_step`, ``after_step``, then ``after_train`` (only when every step succeeded: a run
+    that fails writes no final weights).
+
+    A hook may end the run early with :meth:`request_stop` (early stopping): the request is checked
+    before each step, so the step in progress finishes with all its hooks, no further step runs, and
+    ``after_train`` is called as for a finished run, with ``trainer.iter`` the number of iterations
+    done (``max_iter`` when the run was not stopped)."""
 
     def __init__(self) -> None:
         self._hooks: list[HookBase] = []
         self.iter = self.start_iter = self.max_iter = 0
+        self.stop_requested = False
         # (path, iteration) of the newest checkpoint, set by the checkpoint hook; named when a run stops.
         self.last_checkpoint: tuple[Path, int] | None = None
+
+    @property
+    def hooks(self) -> tuple[HookBase, ...]:
+        """The registered hooks, in the order they are called."""
+        return tuple(self._hooks)
+
+    def request_stop(self) -> None:
+        """End the run after the current step (or before the first one, from ``before_train``)."""
+        self.stop_requested = True
 
     def register_hooks(self, hooks: Sequence[HookBase | None]) -> None:
         for h in hooks:
@@ -59,12 +74,13 @@ class TrainerBase:
     def train(self, start_iter: int, max_iter: int) -> None:
         self.iter = self.start_iter = start_iter
         self.max_iter = max_iter
+        self.stop_requested = False
         self._call("before_train")
-        for self.iter in range(start_iter, max_iter):
+        while self.iter < max_iter and not self.stop_requested:
             self._call("before_step")
             self.run_step()
             self._call("after_step")
-        self.iter = max_iter
+            self.iter += 1
         self._call("after_train")
 
     def _call(self, stage: str) -> None:
