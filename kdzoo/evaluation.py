@@ -1,4 +1,4 @@
-"""COCO box evaluation (pycocotools COCOeval, iouType="bbox").
+"""COCO box evaluation (pycocotools COCOeval, iouType="bbox"; or faster-coco-eval, same numbers).
 
 The evaluator only converts model outputs into plain COCO result dicts; the metric is
 computed from a flat results list by :func:`evaluate_results`, so a distributed engine
@@ -7,6 +7,10 @@ can gather per-rank lists (``state_dict``/``merge``) and evaluate once on rank 0
 Metrics are percentages (0..100). A metric that pycocotools reports as undefined (-1:
 no ground truth in that area range / class) is returned as NaN so it cannot silently
 pull averages down.
+
+Two backends compute the same COCOeval: ``"pycocotools"`` (the reference, always installed) and
+``"faster_coco_eval"`` (its C++ reimplementation, ``pip install kdzoo[fast-eval]``, about 3x
+faster; it gives identical AP on the shapes runs, see docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -30,7 +34,11 @@ from .checkpoint import atomic_write
 from .data.coco import CocoDetection, collate_fn
 from .distributed import is_distributed, rank, world_size
 
-__all__ = ["CocoEvaluator", "evaluate", "evaluate_results", "format_table", "save_results_json", "summary_table"]
+__all__ = ["BACKENDS", "CocoEvaluator", "coco_eval", "evaluate", "evaluate_results", "format_table", "save_results_json",
+           "summary_table"]
+
+#: COCOeval implementations :func:`coco_eval` can run.
+BACKENDS = ("pycocotools", "faster_coco_eval")
 
 # Order of COCOeval.stats for iouType="bbox".
 _STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -52,8 +60,8 @@ def _category_names(coco_gt: COCO, cat_ids: list[int], categories: Sequence[str]
     return list(categories)
 
 
-def _results_coco(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
-    """Build the detections COCO object (what COCO.loadRes does, with clearer errors)."""
+def _results_annotations(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Checked detection annotations (what COCO.loadRes builds, with clearer errors)."""
     anns = []
     for i, r in enumerate(results):
         try:
@@ -69,11 +77,73 @@ def _results_coco(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
             "id": i + 1, "image_id": img, "category_id": cat, "score": score,
             "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0,
         })
+    return anns
+
+
+def _results_coco(coco_gt: COCO, results: Sequence[Mapping[str, Any]]) -> COCO:
+    """Build the detections COCO object (what COCO.loadRes does, with clearer errors)."""
     dt = COCO()
-    dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]), "annotations": anns}
+    dt.dataset = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
+                  "annotations": _results_annotations(coco_gt, results)}
     with contextlib.redirect_stdout(io.StringIO()):
         dt.createIndex()
     return dt
+
+
+def _faster_coco_eval() -> Any:
+    try:
+        import faster_coco_eval
+    except ImportError as e:
+        raise ImportError("backend 'faster_coco_eval' needs the faster-coco-eval package: "
+                          "pip install 'kdzoo[fast-eval]' (or use backend 'pycocotools')") from e
+    return faster_coco_eval
+
+
+def coco_eval(
+    coco_gt: COCO,
+    results: Sequence[Mapping[str, Any]],
+    *,
+    image_ids: Sequence[int] | None = None,
+    cat_ids: Sequence[int] | None = None,
+    backend: str = "pycocotools",
+) -> tuple[Any, str]:
+    """Run COCOeval (bbox) to the end: ``evaluate``, ``accumulate``, ``summarize``.
+
+    Returns the evaluator (``.eval["precision"]`` [IoU, recall, class, area, maxDets], ``.stats``,
+    ``.params``; the same layout for both backends) and the printed summary lines.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    img_ids = sorted(coco_gt.getImgIds()) if image_ids is None else [int(i) for i in image_ids]
+    cats = sorted(coco_gt.getCatIds()) if cat_ids is None else [int(c) for c in cat_ids]
+    lines: list[str] = []
+    if backend == "pycocotools":
+        ev = COCOeval(coco_gt, _results_coco(coco_gt, results), iouType="bbox")
+        ev.params.imgIds, ev.params.catIds = img_ids, cats
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):  # COCOeval prints timings; keep only the table
+            ev.evaluate()
+            ev.accumulate()
+            ev.summarize()
+        lines = buf.getvalue().splitlines()
+    else:
+        fce = _faster_coco_eval()
+        anns = _results_annotations(coco_gt, results)
+
+        def quiet_coco(annotations: list[dict[str, Any]]) -> Any:
+            # faster-coco-eval writes flags ("ignore") into the annotation dicts: give it copies.
+            data = {"images": list(coco_gt.dataset["images"]), "categories": list(coco_gt.dataset["categories"]),
+                    "annotations": [dict(a) for a in annotations]}
+            return fce.COCO(data, print_function=lambda *a, **k: None)
+
+        ev = fce.COCOeval_faster(quiet_coco(coco_gt.dataset.get("annotations", [])), quiet_coco(anns), iouType="bbox",
+                                 print_function=lambda *a, **k: lines.append(" ".join(str(x) for x in a)))
+        ev.params.imgIds, ev.params.catIds = img_ids, cats
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    summary = "\n".join(line for line in lines if line.lstrip().startswith("Average"))
+    return ev, summary
 
 
 def evaluate_results(
@@ -81,6 +151,7 @@ def evaluate_results(
     results: list[dict[str, Any]],
     categories: Sequence[str] | None = None,
     image_ids: Iterable[int] | None = None,
+    backend: str = "pycocotools",
 ) -> dict[str, Any]:
     """COCO bbox metrics for a flat list of result dicts.
 
@@ -91,6 +162,7 @@ def evaluate_results(
             the names in ``coco_gt``).
         image_ids: restrict evaluation to these images (default: all ground-truth images,
             so images without any detection count as misses).
+        backend: ``"pycocotools"`` or ``"faster_coco_eval"`` (:data:`BACKENDS`).
 
     Returns:
         ``{"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
@@ -103,14 +175,7 @@ def evaluate_results(
     if missing:
         raise ValueError(f"image_ids {missing[:5]} are not in the ground truth")
 
-    ev = COCOeval(coco_gt, _results_coco(coco_gt, results), iouType="bbox")
-    ev.params.imgIds = img_ids
-    ev.params.catIds = cat_ids
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):  # COCOeval prints timings; keep only the table
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
+    ev, summary = coco_eval(coco_gt, results, image_ids=img_ids, cat_ids=cat_ids, backend=backend)
     metrics: dict[str, Any] = {k: _pct(v) for k, v in zip(_STAT_NAMES, ev.stats)}
     # precision: [IoU thresholds, recall points, classes, area ranges, max dets];
     # area "all" (0) and maxDets=100 (-1) as in the headline AP.
@@ -121,7 +186,7 @@ def evaluate_results(
         p = p[p > -1]
         per_class[name] = float(np.mean(p)) * 100.0 if p.size else float("nan")
     metrics["per_class"] = per_class
-    metrics["summary"] = "\n".join(line for line in buf.getvalue().splitlines() if line.lstrip().startswith("Average"))
+    metrics["summary"] = summary
     return metrics
 
 
@@ -192,10 +257,11 @@ class CocoEvaluator:
                 if int(r["image_id"]) in keep:
                     self._by_image[int(r["image_id"])].append(r)
 
-    def summarize(self, categories: Sequence[str] | None = None, all_images: bool = False) -> dict[str, Any]:
+    def summarize(self, categories: Sequence[str] | None = None, all_images: bool = False,
+                  backend: str = "pycocotools") -> dict[str, Any]:
         """Metrics over the images seen so far (or every ground-truth image if ``all_images``)."""
         ids = None if all_images or not self._by_image else self.image_ids
-        return evaluate_results(self.coco_gt, self.results(), categories, image_ids=ids)
+        return evaluate_results(self.coco_gt, self.results(), categories, image_ids=ids, backend=backend)
 
 
 def format_table(metrics: Mapping[str, Any], digits: int = 1) -> str:
@@ -237,13 +303,21 @@ def evaluate(
     workers: int = 2,
     device: torch.device | str = "cpu",
     progress: bool = False,
+    backend: str = "pycocotools",
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]] | None]:
     """COCO metrics and results of ``model`` on ``dataset``.
+
+    ``backend`` picks the COCOeval implementation (:data:`BACKENDS`); it is checked (and
+    faster-coco-eval imported) before the model runs, so a missing package fails at once.
 
     In a process group each rank runs a shard (``DistributedSampler``); the per-rank results are
     gathered with ``all_gather_object`` and evaluated once. Returns ``(metrics, results)`` on
     rank 0 and ``(None, None)`` on the other ranks.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "faster_coco_eval":
+        _faster_coco_eval()
     was_training = model.training
     model.eval()
     sampler = DistributedSampler(dataset, shuffle=False) if is_distributed() else None
@@ -267,7 +341,7 @@ def evaluate(
             return None, None
         evaluator.merge(states)
     # all_images: an image without any detection still counts (its objects are misses).
-    metrics = evaluator.summarize(dataset.categories, all_images=True)
+    metrics = evaluator.summarize(dataset.categories, all_images=True, backend=backend)
     metrics["images"] = len(evaluator.image_ids)  # evidence that the gathered shards cover the dataset
     return metrics, evaluator.results()
 

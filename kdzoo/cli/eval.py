@@ -5,6 +5,11 @@ or the final metrics of finished runs side by side.
     kdzoo eval --model gfl_r50.mmdet_coco --data /coco --ann annotations/instances_val2017.json --images-dir val2017
     kdzoo eval --results my_detections.json --data data/shapes --ann annotations/instances_val.json
     kdzoo eval --summary runs/shapes/gfl_teacher recipes/shapes/gfl_student.yaml
+    kdzoo eval --model runs/shapes/gfl_crosskd --data data/shapes --ann annotations/instances_val.json --images-dir val --report out/crosskd --compare-teacher
+
+``--report DIR`` writes per-class AP, precision-recall curves and a confusion matrix (JSON, markdown,
+PNG with ``pip install 'kdzoo[report]'``); ``--compare-teacher`` also evaluates the teacher of a
+distillation run directory and writes both side by side (docs/evaluation.md).
 
 ``--model`` is anything ``kdzoo.create_detector`` reads (a registry name with its weights,
 ``hf-hub:``, a run or model directory). Under ``torchrun`` every rank evaluates a shard and the
@@ -21,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from ..evaluation import BACKENDS
+from ..report import DEFAULT_IOU_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from . import UsageError
 
 
@@ -41,6 +48,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="inference autocast dtype")
+    p.add_argument("--backend", choices=BACKENDS, default="pycocotools",
+                   help="COCOeval implementation: pycocotools (default) or faster_coco_eval (same AP, faster; "
+                        "pip install 'kdzoo[fast-eval]')")
+    r = p.add_argument_group("report (docs/evaluation.md)")
+    r.add_argument("--report", metavar="DIR", default=None,
+                   help="write the evaluation report here: per-class AP, PR curves, confusion matrix")
+    r.add_argument("--compare-teacher", action="store_true",
+                   help="with --model a distillation run directory: evaluate its teacher (teacher.checkpoint, a "
+                        "run directory) too and write both side by side in the --report")
+    r.add_argument("--score-threshold", type=float, default=DEFAULT_SCORE_THRESHOLD, metavar="S",
+                   help=f"confusion matrix: minimum detection score (default {DEFAULT_SCORE_THRESHOLD})")
+    r.add_argument("--iou-threshold", type=float, default=DEFAULT_IOU_THRESHOLD, metavar="T",
+                   help=f"confusion matrix: minimum IoU of a match (default {DEFAULT_IOU_THRESHOLD})")
 
 
 def _resolve(root: Path, p: str | None) -> Path:
@@ -50,16 +70,58 @@ def _resolve(root: Path, p: str | None) -> Path:
     return q if q.is_absolute() or q.exists() else root / q
 
 
+def _teacher_source(run_dir: str) -> tuple[Path, dict]:
+    """The teacher run directory and build kwargs named by a distillation run's recipe.yaml."""
+    import yaml
+
+    run = Path(run_dir)
+    recipe = run / "recipe.yaml"
+    if not run.is_dir() or not recipe.is_file():
+        raise UsageError(f"--compare-teacher: --model {run_dir!r} is not a training run directory (no recipe.yaml); "
+                         "expected the run directory of a distillation recipe")
+    try:
+        data = yaml.safe_load(recipe.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"--compare-teacher: {recipe} is not valid YAML: {e}") from e
+    teacher = data.get("teacher") if isinstance(data, dict) else None
+    if not teacher:
+        raise UsageError(f"--compare-teacher: {recipe} has no teacher section; expected a distillation run")
+    ckpt = teacher.get("checkpoint")
+    if not ckpt or not Path(ckpt).is_dir():
+        named = f"teacher.checkpoint {ckpt!r}" if ckpt else f"teacher.name {teacher.get('name')!r} without a checkpoint"
+        raise ValueError(f"--compare-teacher: {recipe} names the teacher by {named}, not by a run directory; only a "
+                         "teacher run directory can be evaluated here (evaluate the teacher with --model and --out, "
+                         "then compare with kdzoo.report.write_report(..., compare=teacher_results))")
+    return Path(ckpt), dict(teacher.get("kwargs") or {})
+
+
+def _check_thresholds(args: argparse.Namespace) -> None:
+    for flag, v in (("--score-threshold", args.score_threshold), ("--iou-threshold", args.iou_threshold)):
+        if not 0.0 <= v <= 1.0:
+            raise UsageError(f"{flag} must be in [0, 1], got {v}")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data.coco import CocoDetection, load_coco
     from ..evaluation import evaluate, evaluate_results, format_table, save_results_json, summary_table
     from ..factory import create_detector
+    from ..report import format_compare, write_report
 
     if args.summary:
         print(summary_table(args.summary))
         return 0
     if not args.data or not args.ann:
         raise UsageError("--data and --ann are required with --model / --results")
+    _check_thresholds(args)
+    if args.compare_teacher and not args.report:
+        raise UsageError("--compare-teacher writes its comparison into the report: give --report DIR too")
+    if args.compare_teacher and not args.model:
+        raise UsageError("--compare-teacher needs --model (a distillation run directory), not --results")
+    teacher = _teacher_source(args.model) if args.compare_teacher else None
+    if args.backend == "faster_coco_eval":
+        from ..evaluation import _faster_coco_eval
+
+        _faster_coco_eval()  # fail before any model runs
     root = Path(args.data)
     if not root.is_dir():
         raise UsageError(f"--data: dataset directory {str(root)!r} does not exist")
@@ -73,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(results, list):
             raise ValueError(f"--results: expected a JSON list of {{image_id, category_id, bbox, score}}, "
                              f"got {type(results).__name__}")
-        metrics = evaluate_results(coco, results)
+        metrics = evaluate_results(coco, results, backend=args.backend)
+        categories, label_to_cat_id, teacher_results = None, None, None
     else:
         import torch.distributed as dist
 
@@ -88,20 +151,44 @@ def run(args: argparse.Namespace) -> int:
         model.set_inference_precision(None if args.precision == "fp32" else args.precision)
         t0 = time.perf_counter()
         metrics, results = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers,
-                                    device=args.device, progress=True)
+                                    device=args.device, progress=True, backend=args.backend)
+        teacher_results = None
+        if teacher is not None:
+            t_dir, t_kwargs = teacher
+            t_model = create_detector(str(t_dir), pretrained=True, **t_kwargs).to(args.device)
+            if t_model.num_classes != dataset.num_classes:
+                raise ValueError(f"the teacher {str(t_dir)!r} predicts {t_model.num_classes} classes but {ann} has "
+                                 f"{dataset.num_classes} categories")
+            t_model.set_inference_precision(None if args.precision == "fp32" else args.precision)
+            _, teacher_results = evaluate(t_model, dataset, batch_size=args.batch_size,
+                                                        workers=args.workers, device=args.device, progress=True,
+                                                        backend=args.backend)
         if distributed:
             dist.destroy_process_group()
         if metrics is None:
             return 0
-        print(f"evaluated {len(dataset)} images in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+        print(f"evaluated {len(dataset)} images in {time.perf_counter() - t0:.1f}s"
+              + (" (model and teacher)" if teacher is not None else ""), file=sys.stderr)
         if args.out:
             save_results_json(args.out, results)
+        categories, label_to_cat_id = dataset.categories, dataset.label_to_cat_id
     if args.metrics_out:
         from ..checkpoint import atomic_write
 
         text = json.dumps(metrics, indent=2, allow_nan=True)
         atomic_write(Path(args.metrics_out), lambda tmp: tmp.write_text(text + "\n"))
     print(format_table(metrics))
+    if args.report:
+        name = (Path(args.model).name if args.model else Path(args.results).stem) or "model"
+        if teacher_results is not None and name == "teacher":
+            name = "student"
+        report = write_report(args.report, coco if args.results else dataset.coco, results, categories,
+                              label_to_cat_id=label_to_cat_id, name=name,
+                              iou_threshold=args.iou_threshold, score_threshold=args.score_threshold,
+                              compare=teacher_results, compare_name="teacher", backend=args.backend)
+        if report["compare"] is not None:
+            print(f"\nper-class AP, {report['compare']['difference']}:\n{format_compare(report['compare'])}")
+        print(f"report written to {report['out_dir']} ({report['seconds']:.1f}s)", file=sys.stderr)
     return 0
 
 
