@@ -178,6 +178,7 @@ class Recipe:
     best: BestCfg | None = None  # best.safetensors + best.json of the best evaluation
     early_stop: EarlyStopCfg | None = None  # needs eval_interval > 0
     tensorboard: bool = False  # scalars to OUTPUT_DIR/tensorboard/ (pip install kdzoo[tensorboard])
+    report: bool = True  # OUTPUT_DIR/report/ after the final evaluation: per-class AP, PR curves, confusion matrix
 
     def validate(self) -> "Recipe":
         """Cross-field checks that the types alone cannot express."""
@@ -520,7 +521,8 @@ def _resolve(node: ast.expr, fn: Callable[..., Any], env: dict[str, Any], owner:
 #: Every other key (model, data, schedule, batch_size, seed, amp, teacher, distill, ema) defines
 #: the run's weights, and ``--resume`` refuses a change to it.
 RESUME_SAFE_KEYS = frozenset({"output_dir", "workers", "device", "log_interval", "checkpoint_interval",
-                              "eval_interval", "eval_batch_size", "best", "early_stop", "tensorboard"})
+                              "eval_interval", "eval_batch_size", "best", "early_stop", "tensorboard",
+                              "report"})
 
 _ABSENT = object()
 

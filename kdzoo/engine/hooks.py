@@ -242,9 +242,11 @@ class EvalHook(HookBase):
     detections of the latest evaluation for that (only worth their memory when a run can stop)."""
 
     def __init__(self, evaluate: Callable[[], tuple[dict[str, Any], Any]], log: MetricsLog, period: int,
-                 run_dir: Path, *, keep_results: bool = False) -> None:
+                 run_dir: Path, *, keep_results: bool = False,
+                 report: Callable[[dict[str, Any], Any], Any] | None = None) -> None:
         self.evaluate, self.log, self.period, self.run_dir = evaluate, log, period, run_dir
         self.keep_results = keep_results
+        self.report = report  # called with the final metrics and results (rank 0): the run's report/
         self.final: dict[str, Any] | None = None
         self.latest: tuple[int, dict[str, Any] | None] | None = None
         self.count = 0
@@ -286,6 +288,11 @@ class EvalHook(HookBase):
         save_results_json(self.run_dir / "results.json", results)
         out = {"iter": it, **{k: v for k, v in metrics.items() if k != "summary"}}
         atomic_write(self.run_dir / "eval.json", lambda p: p.write_text(json.dumps(json_safe(out), indent=2)))
+        if self.report is not None:
+            try:
+                self.report(metrics, results)
+            except (OSError, ValueError, RuntimeError) as e:  # the run's weights and metrics are already safe
+                print(f"warning: the evaluation report of {self.run_dir} was not written: {e}", file=sys.stderr)
         return metrics
 
 

@@ -138,7 +138,15 @@ def default_hooks(recipe: Recipe, parts: B.RunParts, scaler: torch.amp.GradScale
         return evaluation.evaluate(evaluated, parts.val_ds, batch_size=recipe.eval_batch_size, workers=recipe.workers,
                                    device=device, progress=rank() == 0)
 
-    evals = EvalHook(run_eval, log, recipe.eval_interval, run_dir, keep_results=recipe.early_stop is not None)
+    def report(metrics: dict[str, Any], results: Any) -> None:
+        from ..report import write_run_report
+
+        info = write_run_report(run_dir, parts.val_ds, results, metrics)
+        print(f"[{run_dir}] evaluation report in {Path(info['out_dir'])}"
+              + (f" ({info['note']})" if info.get("note") else ""), file=sys.stderr)
+
+    evals = EvalHook(run_eval, log, recipe.eval_interval, run_dir, keep_results=recipe.early_stop is not None,
+                     report=report if recipe.report else None)
     return [
         lr,
         DistillProgress(parts.distiller) if parts.distiller is not None else None,
