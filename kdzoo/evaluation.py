@@ -365,9 +365,12 @@ def summary_table(run_dirs: list[str]) -> str:
         return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.1f}"
 
     lines = [f"{'run':<{width}}  {'iters':>6}  " + "  ".join(f"{k:>5}" for k in keys)]
-    lines += [f"{n:<{width}}  {m.get('iter', 0):>6}  " + "  ".join(f"{fmt(m.get(k)):>5}" for k in keys) for n, m in runs.items()]
+    lines += [f"{n:<{width}}  {m.get('iter', '-'):>6}  " + "  ".join(f"{fmt(m.get(k)):>5}" for k in keys)
+              for n, m in runs.items()]  # a model evaluated without training (a teacher) has no iterations
     classes = list(next(iter(runs.values())).get("per_class", {}))
-    if classes:
-        lines += ["", f"{'class AP':<12}" + "".join(f"  {n[-14:]:>14}" for n in runs)]
-        lines += [f"{c:<12}" + "".join(f"  {fmt(m.get('per_class', {}).get(c)):>14}" for m in runs.values()) for c in classes]
+    if classes:  # one column per run, as wide as its name
+        cols = [max(8, len(n)) for n in runs]
+        lines += ["", f"{'class AP':<12}" + "".join(f"  {n:>{w}}" for n, w in zip(runs, cols))]
+        lines += [f"{c:<12}" + "".join(f"  {fmt(m.get('per_class', {}).get(c)):>{w}}" for m, w in zip(runs.values(), cols))
+                  for c in classes]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The ``kdzoo`` command: ``kdzoo train|eval|predict|export|convert|embed|publish|shapes|convert-data ...``.
+"""The ``kdzoo`` command: ``kdzoo train|eval|predict|export|convert|embed|publish|shapes|convert-data|compare ...``.
 
 Each command is a thin argparse module here (``kdzoo/cli/<command>.py``: ``add_arguments(parser)``
 and ``run(args) -> int``) over a library that never exits the process. ``python -m kdzoo.<command>``
@@ -33,6 +33,7 @@ COMMANDS = {
     "publish": "upload a training run to the Hugging Face Hub with its model card",
     "shapes": "generate the synthetic shapes dataset (COCO format)",
     "convert-data": "convert a detection dataset between COCO JSON, YOLO and Pascal VOC",
+    "compare": "train several recipes side by side and print their AP next to their teacher's",
 }
 
 
