@@ -103,3 +103,32 @@ def test_simple_trainer_stops_before_a_nonfinite_update() -> None:
     with pytest.raises(NonFiniteLossError, match=r"iteration 5 \(loss_a=2, loss_b=nan\).*run/checkpoint.pt \(iteration 4\)"):
         trainer.train(4, 6)
     assert torch.equal(model.w.detach(), torch.ones(2))
+
+
+def test_step_stats_are_logged_beside_the_losses_not_summed(tmp_path: Path) -> None:
+    """A distiller's ``step_stats`` (TADF's kept shares) reach metrics.jsonl as window means over the
+    steps that reported a finite value; the total loss does not include them."""
+    import json
+
+    from kdzoo.engine.hooks import LRScheduler, MetricsLog, MetricsWriter
+    from kdzoo.recipe import ScheduleCfg
+
+    class WithStats(Toy):
+        values = iter([0.25, float("nan"), 0.75, 1.0])
+
+        def forward(self, images, targets):
+            self.step_stats = {"kept_cls": next(self.values)}
+            return super().forward(images, targets)
+
+    model = WithStats()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    for g in opt.param_groups:
+        g["initial_lr"] = g["lr"]
+    trainer = SimpleTrainer(model, batches(1.0), opt, torch.amp.GradScaler("cpu", enabled=False))
+    log = MetricsLog(tmp_path / "metrics.jsonl", None)
+    lr = LRScheduler(opt, ScheduleCfg(iters=4, warmup="none"), 0.0, 4)
+    trainer.register_hooks([lr, MetricsWriter(log, lr, 3, 4, 1, "toy")])
+    trainer.train(0, 4)
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["iter"], r["kept_cls"]) for r in records] == [(3, 0.5), (4, 1.0)]
+    assert records[0]["loss"] == pytest.approx(4.0) and trainer.stats == {"kept_cls": 1.0}

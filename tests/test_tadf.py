@@ -121,6 +121,7 @@ def test_classification_loss_selects_exactly_where_the_teacher_wins():
     labels = torch.tensor([0, 1, 2])  # teacher wins rows 1 and 2
     loss = distiller.classification_loss(s, t, labels, torch.tensor(3.0), use_sigmoid=False)
     torch.testing.assert_close(loss, soft_label_kl(s[1:], t[1:]).sum() / 3)
+    assert distiller.step_stats["kept_cls"] == pytest.approx(2 / 3)  # the share the rule keeps, logged per step
     distiller.adaptive = False
     torch.testing.assert_close(distiller.classification_loss(s, t, labels, torch.tensor(3.0), False),
                                soft_label_kl(s, t).sum() / 3)
@@ -133,6 +134,7 @@ def test_regression_loss_selects_exactly_where_the_teacher_box_is_better():
     t_boxes = torch.tensor([[0.0, 0, 10, 9], [0, 0, 10, 9]])  # teacher wins row 0 only
     d, td = torch.tensor([[0.0, 0, 0, 0], [1, 1, 1, 1]]), torch.tensor([[0.5, 0, 0, -0.5], [0, 0, 0, 0]])
     torch.testing.assert_close(distiller.regression_loss(d, td, boxes, t_boxes, gt, torch.tensor(2.0)), torch.tensor(0.5))
+    assert distiller.step_stats["kept_reg"] == 0.5
 
 
 # --------------------------------------------------------------------------- decay

@@ -210,6 +210,9 @@ class TADF(Distiller):
         self.decay, self.adaptive, self.temperature = decay, adaptive, temperature
         self.sigma_ratio, self.reg_margin, self.reg_loss, self.smooth_l1_beta = sigma_ratio, reg_margin, reg_loss, smooth_l1_beta
         self.adapter = nn.Conv2d(student.neck.out_channels, teacher.neck.out_channels, 1) if "feat" in terms else None
+        # Per step, the share of positive regions the teacher-wins rule keeps for each term (the
+        # trainer logs it as kept_cls / kept_reg; docs/tadf.md).
+        self.step_stats: dict[str, float] = {}
         self.to(next(student.parameters()).device)
 
     @property
@@ -227,7 +230,9 @@ class TADF(Distiller):
                  use_sigmoid: bool) -> torch.Tensor:
         kl = soft_label_kl(logits, teacher_logits, self.temperature, use_sigmoid)
         if self.adaptive:
-            kl = kl * teacher_better_cls_mask(logits.detach(), teacher_logits, labels, use_sigmoid)
+            mask = teacher_better_cls_mask(logits.detach(), teacher_logits, labels, use_sigmoid)
+            kl = kl * mask
+            self.step_stats["kept_cls"] = float(mask.float().mean()) if mask.numel() else math.nan
         return kl.sum() / num_pos
 
     def regression_loss(self, deltas: torch.Tensor, teacher_deltas: torch.Tensor, boxes: torch.Tensor,
@@ -238,7 +243,9 @@ class TADF(Distiller):
             loss = F.smooth_l1_loss(deltas.float(), teacher_deltas.float().detach(), beta=self.smooth_l1_beta,
                                     reduction="none").sum(-1)
         if self.adaptive:
-            loss = loss * teacher_better_reg_mask(boxes.detach(), teacher_boxes, gt_boxes, self.reg_margin)
+            mask = teacher_better_reg_mask(boxes.detach(), teacher_boxes, gt_boxes, self.reg_margin)
+            loss = loss * mask
+            self.step_stats["kept_reg"] = float(mask.float().mean()) if mask.numel() else math.nan
         return loss.sum() / num_pos
 
     # ---------------------------------------------------------------- forward
@@ -247,6 +254,7 @@ class TADF(Distiller):
         if targets is None:
             raise ValueError("TADF returns training losses and needs targets; call distiller.student(images) for inference")
         check_targets(targets, len(images), student.num_classes)
+        self.step_stats = {}
         batch, targets = student.preprocess(images, targets)
         feats = student.extract_feats(batch.tensors)
         with torch.no_grad():

@@ -122,6 +122,8 @@ class MetricsWriter(HookBase):
                  name: str) -> None:
         self.log, self.lr, self.period, self.ipe, self.total_batch, self.name = log, lr, period, iters_per_epoch, total_batch, name
         self.sums: dict[str, float] = defaultdict(float)
+        self.stat_sums: dict[str, float] = defaultdict(float)
+        self.stat_counts: dict[str, int] = defaultdict(int)
         self.window_iters, self.window_time, self.step_start = 0, 0.0, 0.0
 
     def before_train(self) -> None:
@@ -139,6 +141,10 @@ class MetricsWriter(HookBase):
         self.window_iters += 1
         for k, v in self.trainer.losses.items():
             self.sums[k] += v
+        for k, v in self.trainer.stats.items():  # window means over the steps that report the stat
+            if math.isfinite(v):
+                self.stat_sums[k] += v
+                self.stat_counts[k] += 1
         self.pbar.update(1)
         it, max_iter = self.trainer.iter + 1, self.trainer.max_iter
         if it % self.period and it != max_iter:
@@ -147,12 +153,15 @@ class MetricsWriter(HookBase):
 
     def _write(self, it: int) -> None:
         means = _mean_across_ranks({k: v / self.window_iters for k, v in self.sums.items()})
+        means.update(_mean_across_ranks({k: v / self.stat_counts[k] for k, v in self.stat_sums.items()}))
         per_iter = self.window_time / self.window_iters
         self.log.write({"iter": it, "epoch": it / self.ipe, "lr": self.lr.lr, **{k: round(v, 5) for k, v in means.items()},
                         "time_per_iter": round(per_iter, 4), "images_per_s": round(self.total_batch / per_iter, 3),
                         "eta_s": round(per_iter * (self.trainer.max_iter - it))})
         self.pbar.set_postfix(loss=f"{means['loss']:.4f}", lr=f"{self.lr.lr:.2e}", refresh=False)
         self.sums.clear()
+        self.stat_sums.clear()
+        self.stat_counts.clear()
         self.window_iters, self.window_time = 0, 0.0
 
     def after_train(self) -> None:

@@ -104,6 +104,9 @@ class SimpleTrainer(TrainerBase):
         self.grad_clip, self.autocast = grad_clip, autocast
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.losses: dict[str, float] = {}  # the last step's loss terms and their sum ("loss")
+        # The last step's diagnostics that are not losses (a distiller's ``step_stats``, e.g. the share of
+        # regions TADF's teacher-wins rule keeps): logged beside the losses, never summed into them.
+        self.stats: dict[str, float] = {}
 
     def run_step(self) -> None:
         images, targets = next(self.data)
@@ -122,6 +125,8 @@ class SimpleTrainer(TrainerBase):
         self.scaler.update()
         self.losses = {k: float(v.detach()) for k, v in losses.items()}
         self.losses["loss"] = float(loss.detach())
+        source = getattr(self.model, "module", self.model)  # DDP wraps the model
+        self.stats = {k: float(v) for k, v in (getattr(source, "step_stats", None) or {}).items()}
 
     def _check_finite(self, value: torch.Tensor, parts: dict[str, torch.Tensor]) -> None:
         ok = torch.isfinite(value.detach()).float().reshape(1)
