@@ -37,8 +37,8 @@ from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
 from .checkpoint import atomic_write
 
 __all__ = ["PredictError", "LoadedModel", "load_model", "describe_model", "box_ap_text", "read_image", "expand_inputs",
-           "detect", "draw_detections", "read_image_and_size", "to_original_pixels", "check_output_folder",
-           "predict_files", "IMAGE_SUFFIXES", "MAX_SIDE"]
+           "detect", "draw_detections", "label_font_size", "read_image_and_size", "to_original_pixels",
+           "check_output_folder", "predict_files", "IMAGE_SUFFIXES", "MAX_SIDE"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 MAX_SIDE = 2048  # longer images are downscaled first: detectors resize to ~1333 px anyway, drawing stays fast
@@ -123,8 +123,8 @@ def box_ap_text(loaded: LoadedModel) -> str:
 
 
 def describe_model(loaded: LoadedModel) -> str:
-    """One line on what is loaded: architecture, classes, the input size it resizes to, size,
-    and the box AP with its source when the weights' config records one."""
+    """One line on what is loaded: architecture, classes, the input size it resizes to, size, the
+    distillation lineage and the box AP with its source when the weights' config records them."""
     model, cfg = loaded.model, getattr(loaded.model, "pretrained_cfg", None)
     arch = getattr(model, "arch_name", "") or getattr(cfg, "architecture", "") or type(model).__name__
     size = getattr(getattr(model, "transform", None), "size", None)
@@ -132,6 +132,9 @@ def describe_model(loaded: LoadedModel) -> str:
     if size:
         parts.append(f"input {size[0]}x{size[1]}")
     parts.append(f"{loaded.num_params / 1e6:.1f} M params")
+    if getattr(cfg, "distill_method", None) or getattr(cfg, "teacher", None):
+        parts.append(f"distilled with {cfg.distill_method or 'an unrecorded method'}"
+                     + (f" from {cfg.teacher}" if cfg.teacher else ""))
     if getattr(cfg, "box_ap", None) is not None:
         parts.append(f"box AP {box_ap_text(loaded)}" + (f", {cfg.source}" if cfg.source else ""))
     else:
@@ -263,19 +266,34 @@ def _colour(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], categories: Sequence[str]) -> Image.Image:
-    """The image with one box per detection and a ``name score`` label on a filled tag."""
+def label_font_size(side: int) -> int:
+    """Label font size in px for a drawn image whose longer side is ``side`` px: about 1/30 of it
+    (21 px on a 640 px image), at least 12 px."""
+    return max(12, round(side / 30))
+
+
+def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], categories: Sequence[str], *,
+                    min_side: int = 0) -> Image.Image:
+    """The image with one box per detection and a ``name score`` label on a filled tag.
+
+    ``min_side``: an image whose longer side is shorter is first upscaled by a whole factor (nearest
+    neighbour, so every input pixel stays a block and the boxes, scaled by the same factor, stay
+    exact) until it reaches it; the demo uses this to show 320 px images with readable labels.
+    Labels are sized to the drawn image (:func:`label_font_size`)."""
     img = Image.fromarray(image).convert("RGB")
+    scale = max(1, -(-min_side // max(img.size))) if min_side > max(img.size) else 1
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
     draw = ImageDraw.Draw(img)
     side = max(img.size)
     width = max(1, round(side / 320))
     try:
-        font = ImageFont.load_default(size=max(10, round(side / 40)))
+        font = ImageFont.load_default(size=label_font_size(side))
     except TypeError:  # Pillow < 10.1 has one fixed-size bitmap font
         font = ImageFont.load_default()
     order = np.argsort(det["scores"])  # best last: drawn on top
     for i in order:
-        x0, y0, x1, y1 = (float(v) for v in det["boxes"][i])
+        x0, y0, x1, y1 = (float(v) * scale for v in det["boxes"][i])
         label = int(det["labels"][i])
         colour = _colour(label)
         draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
@@ -284,8 +302,10 @@ def draw_detections(image: np.ndarray, det: dict[str, np.ndarray], categories: S
         tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
         tw, th = tx1 - tx0, ty1 - ty0 + 2
         top = y0 - th - 2 if y0 - th - 2 >= 0 else y0  # above the box, inside it at the top edge
-        draw.rectangle((x0, top, x0 + tw + 4, top + th + 2), fill=colour)
-        draw.text((x0 + 2 - tx0, top + 1 - ty0), text, fill=(0, 0, 0), font=font)
+        left = max(0.0, min(x0, img.width - tw - 4))  # a tag near the right edge is moved left, not cut
+        draw.rectangle((left, top, left + tw + 4, top + th + 2), fill=colour)
+        ink = (0, 0, 0) if 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] > 110 else (255, 255, 255)
+        draw.text((left + 2 - tx0, top + 1 - ty0), text, fill=ink, font=font)  # dark tags get white text
     return img
 
 
