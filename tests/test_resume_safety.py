@@ -209,10 +209,11 @@ def test_teacher_checkpoint_of_another_architecture(finished: Path, shapes: Path
 
 # ----------------------------------------------------------------------------- 4: file modes
 def test_run_files_follow_the_umask(finished: Path) -> None:
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in finished.iterdir()}
+    modes = {p.relative_to(finished).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in finished.rglob("*")}
     assert {"recipe.yaml", "metrics.jsonl", CHECKPOINT_FILE, "model.safetensors", "config.json", "eval.json",
-            "results.json"} <= set(modes)
-    assert modes == {name: 0o644 for name in modes}
+            "results.json", "report/per_class.json"} <= set(modes)
+    # files 0644 and folders (report/) 0755 under umask 022
+    assert modes == {name: 0o755 if (finished / name).is_dir() else 0o644 for name in modes}
 
 
 def test_save_recipe_follows_a_stricter_umask(tmp_path: Path, shapes: Path) -> None:
