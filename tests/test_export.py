@@ -253,6 +253,7 @@ def test_faster_rcnn_onnxruntime_matches_eager(tmp_path):
     assert assert_same(ref3, runner(same_size_batch())) > 0
 
 
+@pytest.mark.slow  # ~30 s: torch.export of a whole detector (make test-slow)
 def test_torch_export_round_trip(tmp_path):
     model = tiny("retinanet")
     result = kexport.export(model, tmp_path / "retina.pt2", "torch", dynamic_batch=True)
