@@ -241,8 +241,10 @@ def same_size_batch() -> list[torch.Tensor]:
     return [a, b, a.flip(-1)]
 
 
-def test_faster_rcnn_onnxruntime_matches_eager(tmp_path):
-    model = tiny("faster_rcnn")
+def assert_onnxruntime_matches_eager(family: str, tmp_path) -> None:
+    """``family``'s tiny model exported with a dynamic batch: the export's own parity check, then the same
+    detections as eager one image at a time and for a batch of three."""
+    model = tiny(family)
     result = kexport.export(model, tmp_path, "onnx", dynamic_batch=True)
     assert result.parity.ok, result.parity.message
     runner = kdzoo.load_exported(result.path)
@@ -251,6 +253,10 @@ def test_faster_rcnn_onnxruntime_matches_eager(tmp_path):
         ref, ref3 = [model([img])[0] for img in imgs], model(same_size_batch())
     assert assert_same(ref, [runner([img])[0] for img in imgs]) > 0
     assert assert_same(ref3, runner(same_size_batch())) > 0
+
+
+def test_faster_rcnn_onnxruntime_matches_eager(tmp_path):
+    assert_onnxruntime_matches_eager("faster_rcnn", tmp_path)
 
 
 @pytest.mark.slow  # ~30 s: torch.export of a whole detector (make test-slow)
@@ -285,15 +291,7 @@ def test_exported_graph_equals_eager_without_export():
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["gfl", "atss", "retinanet", "fcos"])
 def test_dense_families_onnxruntime_match_eager(family, tmp_path):
-    model = tiny(family)
-    result = kexport.export(model, tmp_path, "onnx", dynamic_batch=True)
-    assert result.parity.ok, result.parity.message
-    runner = kdzoo.load_exported(result.path)
-    imgs = scenes()
-    with torch.no_grad():
-        ref, ref3 = [model([img])[0] for img in imgs], model(same_size_batch())
-    assert assert_same(ref, [runner([img])[0] for img in imgs]) > 0
-    assert assert_same(ref3, runner(same_size_batch())) > 0
+    assert_onnxruntime_matches_eager(family, tmp_path)
 
 
 @pytest.mark.slow
