@@ -78,6 +78,7 @@ class DataCfg:
     train_sizes: list[list[int]] | None = None  # multi-scale training: a random [long, short] per image
     flip: float = 0.5
     filter_empty: bool = True  # skip training images without boxes, as MMDetection does
+    cache: bool = False  # decode every image once and keep it in RAM as uint8 (docs/training.md)
 
     def path(self, name: str) -> Path:
         p = Path(getattr(self, name))
@@ -516,13 +517,14 @@ def _resolve(node: ast.expr, fn: Callable[..., Any], env: dict[str, Any], owner:
 
 
 # --------------------------------------------------------------------------- resume
-#: Top-level keys a resumed run may change: where and how often it logs, evaluates and saves,
-#: how it loads data, and which evaluation it keeps or stops at (best, early_stop, tensorboard).
+#: Keys a resumed run may change (top-level, or dotted for one key of a section): where and how often
+#: it logs, evaluates and saves, how it loads data (workers, the RAM cache), and which evaluation it
+#: keeps or stops at (best, early_stop, tensorboard).
 #: Every other key (model, data, schedule, batch_size, seed, amp, teacher, distill, ema) defines
 #: the run's weights, and ``--resume`` refuses a change to it.
 RESUME_SAFE_KEYS = frozenset({"output_dir", "workers", "device", "log_interval", "checkpoint_interval",
                               "eval_interval", "eval_batch_size", "best", "early_stop", "tensorboard",
-                              "report"})
+                              "report", "data.cache"})
 
 _ABSENT = object()
 
@@ -551,7 +553,7 @@ def resume_changes(stored: Mapping[str, Any], recipe: "Recipe") -> list[tuple[st
     out: list[tuple[str, Any, Any]] = []
     _diff(old, recipe.to_dict(), "", out)
     return [(k, a, b) for k, a, b in out
-            if k.partition(".")[0] not in RESUME_SAFE_KEYS and not (k in _PATH_KEYS and _same_path(a, b))]
+            if k.partition(".")[0] not in RESUME_SAFE_KEYS and k not in RESUME_SAFE_KEYS and not (k in _PATH_KEYS and _same_path(a, b))]
 
 
 def _diff(old: Any, new: Any, prefix: str, out: list[tuple[str, Any, Any]]) -> None:

@@ -93,6 +93,22 @@ def test_flip_is_exact(tiny_coco: tuple[Path, Path]) -> None:
     assert flipped[1][1]["boxes"].shape == (0, 4)  # empty boxes survive the flip
 
 
+def test_ram_cache_gives_the_same_samples(tiny_coco: tuple[Path, Path]) -> None:
+    plain = CocoDetection(*tiny_coco, train=True, flip_prob=0.5)
+    cached = CocoDetection(*tiny_coco, train=True, flip_prob=0.5)
+    expected = [plain[i] for i in range(3) if torch.manual_seed(i) is not None]  # flips drawn per seed
+    assert cached.cache_images(workers=2) == 3 * H * W * 3  # uint8: 3 bytes a pixel, every image
+    for f in tiny_coco[0].iterdir():
+        f.unlink()  # reads now come from memory
+    for i, (img, t) in enumerate(expected):
+        torch.manual_seed(i)
+        c_img, c_t = cached[i]
+        assert c_img.dtype == torch.float32 and torch.equal(c_img, img)
+        assert torch.equal(c_t["boxes"], t["boxes"]) and torch.equal(c_t["labels"], t["labels"])
+    with pytest.raises(FileNotFoundError, match="a.png"):
+        plain[0]
+
+
 def test_collate(tiny_coco: tuple[Path, Path]) -> None:
     ds = CocoDetection(*tiny_coco)
     images, targets = collate_fn([ds[0], ds[1]])

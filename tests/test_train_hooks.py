@@ -138,7 +138,8 @@ def test_resume_may_change_best_early_stop_and_tensorboard_but_not_ema(shapes: P
     base = tiny(shapes, tmp_path / "run")
     stored = recipe_from_dict(base).to_dict()
     harmless = recipe_from_dict({**base, "best": {"metric": "AP50"}, "early_stop": {"patience": 5},
-                                 "eval_interval": 2, "tensorboard": True})
+                                 "eval_interval": 2, "tensorboard": True,
+                                 "data": {**base["data"], "cache": True}})
     assert resume_changes(stored, harmless) == []
     changes = resume_changes(stored, recipe_from_dict({**base, "ema": {"decay": 0.99}}))
     assert [k for k, _, _ in changes] == ["ema"]

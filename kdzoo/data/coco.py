@@ -75,6 +75,11 @@ def load_coco(ann_file: str | Path | dict[str, Any], source: str | None = None) 
 
 def decode_image(path: str | Path) -> Tensor:
     """Decode any PIL-readable image to a float RGB tensor [3,H,W] in 0..1."""
+    return decode_image_u8(path).float().div_(255)
+
+
+def decode_image_u8(path: str | Path) -> Tensor:
+    """Decode any PIL-readable image to a uint8 RGB tensor [3,H,W] (what the RAM cache keeps)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
@@ -84,7 +89,7 @@ def decode_image(path: str | Path) -> Tensor:
             arr = _to_rgb8(img)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise RuntimeError(f"cannot decode image file {path}: {e}") from e
-    return torch.from_numpy(arr).permute(2, 0, 1).float().div_(255).contiguous()
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
 def _to_rgb8(img: Image.Image) -> np.ndarray:
@@ -117,6 +122,10 @@ class CocoDetection(Dataset):
             as detectors are usually trained.
         source: what messages call a dict ``ann_file`` (e.g. the YOLO data.yaml); a path
             names itself.
+
+    :meth:`cache_images` decodes every image once and keeps it in memory as uint8 (3 bytes per
+    pixel), as Ultralytics' ``cache=ram``: worth it when decoding, not the model, bounds the step
+    (small images, a GPU); the recipe key is ``data.cache``.
 
     Every annotation is checked when the dataset is built: a malformed or non-finite ``bbox``
     or an unknown ``category_id`` raises ValueError there. Degenerate boxes (under 1 px wide
@@ -155,6 +164,22 @@ class CocoDetection(Dataset):
         if filter_empty:
             ids = [i for i in ids if usable[i]]
         self.ids: list[int] = ids
+        self._cache: list[Tensor] | None = None
+
+    def cache_images(self, workers: int | None = None) -> int:
+        """Decode every image of :attr:`ids` into memory (uint8, a thread pool of ``workers``); later
+        reads come from there. Returns the bytes kept. Filled before a DataLoader forks its workers,
+        the cache is shared with them, not copied."""
+        paths = []
+        for image_id in self.ids:
+            info = self.coco.imgs[image_id]
+            if "file_name" not in info:
+                raise ValueError(f"image entry {image_id} in the annotation file has no 'file_name'")
+            paths.append(self.root / info["file_name"])
+        max_workers = max(1, workers if workers is not None else min(32, (os.cpu_count() or 1) + 4))
+        with ThreadPoolExecutor(max_workers=max_workers) as pool:
+            self._cache = list(pool.map(decode_image_u8, paths))
+        return sum(t.numel() for t in self._cache)
 
     def _scan_boxes(self, ids: list[int], ann_file: str) -> dict[int, int]:
         """Validate every annotation once (so bad ones fail here, not mid-run), count each image's
@@ -236,7 +261,10 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         if "file_name" not in info:
             raise ValueError(f"image entry {image_id} in the annotation file has no 'file_name'")
-        image = decode_image(self.root / info["file_name"])
+        if self._cache is not None:
+            image = self._cache[index].float().div_(255)
+        else:
+            image = decode_image(self.root / info["file_name"])
         h, w = image.shape[-2:]
         jh, jw = self._json_size(image_id)
         if (jh is not None and jh != h) or (jw is not None and jw != w):

@@ -95,6 +95,9 @@ def build_datasets(recipe: Recipe) -> tuple[CocoDetection, CocoDetection]:
     if val_ds.categories != train_ds.categories:
         raise RecipeError(f"{val_key}: categories {val_ds.categories} differ from the training ones {train_ds.categories}")
     check_images(train_ds, val_ds)  # every image file reads: a bad one stops the run here, not midway
+    if d.cache:  # before any DataLoader forks its workers, so that they share the decoded images
+        train_ds.cache_images()
+        val_ds.cache_images()
     return train_ds, val_ds
 
 

@@ -1,0 +1,468 @@
+"""Distillation where the students converge: the shapes recipes of recipes/shapes/converged/ (batch
+32, long cosine schedules, AP evaluated along the way), every row for three seeds, on one GPU.
+
+    python benchmarks/bench_converged.py train --student-iters 1500 --teacher-iters 1900 [--jobs 32]
+    python benchmarks/bench_converged.py train --calibrate --budget 420      # pick the iterations
+    python benchmarks/bench_converged.py collect [--runs runs/shapes_converged] [--out docs]
+
+``train`` runs every row as its own ``kdzoo train`` process (one CPU thread each), as many at a time
+as ``--jobs``: the two teachers and the six baselines first, each distilled row as soon as its
+teacher has finished. Finished runs are reused (``--resume``). ``--calibrate`` first trains a few
+iterations of every kind of row side by side and sizes the schedules so that the whole job fits in
+``--budget`` seconds; ``--deadline`` stops what is still running at a wall-clock limit (its learning
+curve so far is kept). ``--pack DIR`` writes the results (``results.tar.gz``: every run's metrics,
+evaluations, recipes, configs and logs) there every minute and at the end.
+
+``collect`` writes docs/distill_converged.json, the learning curves (docs/distill_curves.png), TADF's
+kept shares over training (docs/tadf_kept.png) and the converged section of docs/distill_results.md:
+mean, spread, and the per-seed paired difference to the baseline with its 95 % t interval.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+REC = "recipes/shapes/converged/"
+SEEDS = (0, 1, 2)
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95 %, by degrees of freedom
+
+
+@dataclass
+class Run:
+    name: str                 # run directory under the runs root
+    family: str               # gfl | faster_rcnn
+    label: str                # the table's row
+    recipe: str
+    overrides: list[str] = field(default_factory=list)
+    seed: int = 0
+    teacher: str | None = None  # the run whose weights it distils from
+    kind: str = "student"       # teacher | student | distill: which schedule, and calibration's groups
+    curve: bool = False         # evaluated along the way (the learning curves)
+
+    @property
+    def needs(self) -> list[str]:
+        return [self.teacher] if self.teacher else []
+
+
+def plan() -> list[Run]:
+    """Every run of the benchmark, in the order they are started."""
+    runs = [Run("gfl_teacher", "gfl", "teacher", REC + "gfl_teacher.yaml", kind="teacher", curve=True),
+            Run("faster_rcnn_teacher", "faster_rcnn", "teacher", REC + "faster_rcnn_teacher.yaml", kind="teacher",
+                curve=True)]
+    for s in SEEDS:
+        runs.append(Run(f"gfl_student_s{s}", "gfl", "student baseline", REC + "gfl_student.yaml", seed=s, curve=True))
+        runs.append(Run(f"faster_rcnn_student_s{s}", "faster_rcnn", "student baseline", REC + "faster_rcnn_student.yaml",
+                        seed=s, curve=True))
+    gfl = [("crosskd", "CrossKD", True), ("mimic", "prediction mimicking", False), ("crosskd_pkd", "CrossKD+PKD", False)]
+    tadf = [("tadf", "TADF all", [], True), ("tadf_feat", "TADF feature only", ["distill.options.terms=[feat]"], False),
+            ("tadf_cls", "TADF classification only", ["distill.options.terms=[cls]"], False),
+            ("tadf_reg", "TADF regression only", ["distill.options.terms=[reg]"], False)]
+    for s in SEEDS:
+        for key, label, curve in gfl:
+            runs.append(Run(f"gfl_{key}_s{s}", "gfl", label, REC + f"gfl_{key}.yaml", seed=s, teacher="gfl_teacher",
+                            kind="distill", curve=curve))
+        for key, label, ov, curve in tadf:
+            runs.append(Run(f"faster_rcnn_{key}_s{s}", "faster_rcnn", label, REC + "faster_rcnn_tadf.yaml", ov, seed=s,
+                            teacher="faster_rcnn_teacher", kind="distill", curve=curve))
+    # The TADF sweep (seed 0): the feature term's weight and Gaussian, and the decay, one at a time.
+    sweep = [("feat_w0.25", ["distill.options.loss_feat_weight=0.25"]), ("feat_w4", ["distill.options.loss_feat_weight=4.0"]),
+             ("sigma0.1", ["distill.options.sigma_ratio=0.1"]), ("sigma0.5", ["distill.options.sigma_ratio=0.5"]),
+             ("decay_constant", ["distill.options.decay=constant"]), ("decay_cosine", ["distill.options.decay=cosine"])]
+    for key, ov in sweep:
+        runs.append(Run(f"faster_rcnn_sweep_{key}_s0", "faster_rcnn", f"TADF all, {' '.join(o.split('.')[-1] for o in ov)}",
+                        REC + "faster_rcnn_tadf.yaml", ov, seed=0, teacher="faster_rcnn_teacher", kind="distill"))
+    return runs
+
+
+# ----------------------------------------------------------------------------------------------- train
+def command(run: Run, runs_root: Path, iters: int, evals: int) -> list[str]:
+    out = runs_root / run.name
+    cmd = [PY, "-m", "kdzoo.train", run.recipe, f"output_dir={out}", f"seed={run.seed}", f"schedule.iters={iters}",
+           f"eval_interval={max(1, iters // evals) if run.curve else 0}", "report=false", *run.overrides, "--resume"]
+    if run.teacher:
+        cmd.append(f"teacher.checkpoint={runs_root / run.teacher}")
+    return cmd
+
+
+def finished(runs_root: Path, name: str) -> bool:
+    return (runs_root / name / "eval.json").is_file()
+
+
+def train(runs: list[Run], runs_root: Path, *, student_iters: int, teacher_iters: int, evals: int, jobs: int,
+          deadline: float | None, pack: Path | None, log=print) -> dict[str, int]:
+    """Run ``runs`` respecting their teachers, ``jobs`` at a time; returns each run's exit status
+    (-1: not started, its teacher failed or the deadline came first)."""
+    runs_root.mkdir(parents=True, exist_ok=True)
+    status: dict[str, int] = {r.name: 0 for r in runs if finished(runs_root, r.name)}
+    pending = [r for r in runs if r.name not in status]
+    running: dict[str, tuple[subprocess.Popen, float]] = {}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    last_pack = time.time()
+    while pending or running:
+        for r in list(pending):
+            if len(running) >= jobs:
+                break
+            if any(status.get(n, 0) != 0 for n in r.needs):
+                status[r.name] = -1
+                pending.remove(r)
+                log(f"skip {r.name}: its teacher failed")
+                continue
+            if all(n in status for n in r.needs):
+                iters = teacher_iters if r.kind == "teacher" else student_iters
+                f = open(runs_root / f"{r.name}.log", "a")
+                running[r.name] = (subprocess.Popen(command(r, runs_root, iters, evals), cwd=ROOT, env=env, stdout=f,
+                                                    stderr=subprocess.STDOUT), time.time())
+                f.close()
+                pending.remove(r)
+        time.sleep(1.0)
+        for name, (p, t0) in list(running.items()):
+            if p.poll() is not None:
+                status[name] = p.returncode
+                del running[name]
+                log(f"{name}: exit {p.returncode} after {time.time() - t0:.0f} s "
+                    f"({len(status)} done, {len(running)} running, {len(pending)} waiting)")
+        if deadline is not None and time.time() > deadline:
+            log(f"deadline: stopping {sorted(running)}; not started: {[r.name for r in pending]}")
+            for p, _ in running.values():
+                p.terminate()
+            for name, (p, _) in running.items():
+                try:
+                    p.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                status[name] = -1
+            for r in pending:
+                status[r.name] = -1
+            break
+        if pack is not None and time.time() - last_pack > 60:
+            pack_results(runs_root, pack)
+            last_pack = time.time()
+    if pack is not None:
+        pack_results(runs_root, pack)
+    return status
+
+
+def calibrate(runs_root: Path, iters: int, log=print, one_each: bool = False) -> dict[str, float]:
+    """Seconds per iteration of each kind of run (and seconds of start-up + one evaluation), with
+    runs of every kind side by side as in the real job: random-weight teachers stand in for the
+    trained ones."""
+    import torch
+
+    from kdzoo.engine.build import build_datasets, build_student
+    from kdzoo.hub import save_pretrained
+    from kdzoo.recipe import load_recipe
+
+    cal = runs_root / "_calibration"
+    teachers = {}
+    for fam in ("gfl", "faster_rcnn"):
+        rec = load_recipe(ROOT / REC / f"{fam}_teacher.yaml", ["data.cache=false"])
+        torch.manual_seed(0)
+        model = build_student(rec, build_datasets(rec)[0])
+        teachers[fam] = cal / f"{fam}_teacher"
+        save_pretrained(model, teachers[fam])
+    mix = [("gfl_teacher", REC + "gfl_teacher.yaml", None, 2), ("gfl_student", REC + "gfl_student.yaml", None, 3),
+           ("gfl_crosskd", REC + "gfl_crosskd.yaml", "gfl", 4), ("faster_rcnn_teacher", REC + "faster_rcnn_teacher.yaml", None, 2),
+           ("faster_rcnn_student", REC + "faster_rcnn_student.yaml", None, 3),
+           ("faster_rcnn_tadf", REC + "faster_rcnn_tadf.yaml", "faster_rcnn", 4)]
+    procs = []
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    t0 = time.time()
+    for kind, recipe, teacher, n in mix:
+        for i in range(1 if one_each else n):
+            out = cal / f"{kind}_{i}"
+            cmd = [PY, "-m", "kdzoo.train", recipe, f"output_dir={out}", f"schedule.iters={iters}", "eval_interval=0",
+                   "report=false", "log_interval=5", "checkpoint_interval=100000", "schedule.warmup_iters=5"]
+            if teacher:
+                cmd.append(f"teacher.checkpoint={teachers[teacher]}")
+            procs.append((kind, out, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(f"{out}.log", "w"),
+                                                      stderr=subprocess.STDOUT)))
+    per: dict[str, list[float]] = {}
+    over: dict[str, list[float]] = {}
+    ended: dict[int, float] = {}
+    while len(ended) < len(procs):  # each run's own end time: start-up + steps + its evaluation
+        for i, (_, _, p) in enumerate(procs):
+            if i not in ended and p.poll() is not None:
+                ended[i] = time.time() - t0
+        time.sleep(0.5)
+    for i, (kind, out, p) in enumerate(procs):
+        wall = ended[i]
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()] if p.returncode == 0 else []
+        steps = [x["time_per_iter"] for x in lines if "time_per_iter" in x][1:]  # the first window holds the warm-up
+        if not steps:  # reported, and timed as the slowest kind: the job goes on with what works
+            tail = Path(f"{out}.log").read_text(errors="replace").splitlines()[-15:]
+            log(f"calibration run {out.name} failed (exit {p.returncode}):\n  " + "\n  ".join(tail))
+            continue
+        per.setdefault(kind, []).append(statistics.mean(steps))
+        over.setdefault(kind, []).append(wall - iters * statistics.mean(steps))
+    if not per:
+        raise SystemExit("every calibration run failed; see the logs above")
+    out = {k: statistics.mean(v) for k, v in per.items()}
+    out.update({f"{k}/overhead": statistics.mean(v) for k, v in over.items()})
+    for kind, *_ in mix:
+        out.setdefault(kind, max(out[k] for k in per))
+        out.setdefault(f"{kind}/overhead", max(out[f"{k}/overhead"] for k in per))
+    out["processes"] = len(procs)
+    log(f"calibration ({len(procs)} processes, {iters} iterations, {time.time() - t0:.0f} s): "
+        + ", ".join(f"{k} {v:.3f}" for k, v in out.items()))
+    return out
+
+
+def choose_iters(cal: dict[str, float], runs: list[Run], budget: float, evals: int, teacher_ratio: float) -> int:
+    """Student iterations S that make the predicted job fit ``budget`` seconds. With P processes side
+    by side a step takes P / P_cal times calibration's step time (the GPU and the CPUs are shared), and
+    not less than 0.35 times it. Phase 1 trains the teachers (teacher_ratio * S steps, the baselines
+    beside them), phase 2 every distilled run at once (S steps); start-up and each evaluation cost
+    half of a calibration run's measured overhead (start-up + one evaluation)."""
+    p_cal = cal["processes"]
+
+    def key(r: Run) -> str:
+        base = r.recipe.rsplit("/", 1)[-1].removesuffix(".yaml")
+        return {"gfl_mimic": "gfl_crosskd", "gfl_crosskd_pkd": "gfl_crosskd"}.get(base, base)
+
+    def step(r: Run, procs: int) -> float:
+        return cal[key(r)] * max(procs / p_cal, 0.35)
+
+    def fixed(r: Run) -> float:
+        return ((evals if r.curve else 1) + 1) * cal[f"{key(r)}/overhead"] / 2
+
+    phase1 = [r for r in runs if not r.teacher]
+    phase2 = [r for r in runs if r.teacher]
+    per_iter = max((teacher_ratio * step(r, len(phase1)) for r in phase1 if r.kind == "teacher"), default=0.0)
+    per_iter += max((step(r, len(phase2)) for r in phase2), default=0.0)
+    if not phase2:
+        per_iter = max(step(r, len(phase1)) * (teacher_ratio if r.kind == "teacher" else 1) for r in phase1)
+    overhead = max((fixed(r) for r in phase1), default=0.0) + max((fixed(r) for r in phase2), default=0.0)
+    return max(10, int((budget - overhead) / per_iter))
+
+
+def pack_results(runs_root: Path, dest: Path) -> None:
+    """results.tar.gz in ``dest``: every run's small files (no checkpoints, no detections), atomically."""
+    dest.mkdir(parents=True, exist_ok=True)
+    keep = {"metrics.jsonl", "eval.json", "config.json", "recipe.yaml"}
+    fd, tmp = tempfile.mkstemp(dir=dest, suffix=".tmp")
+    os.close(fd)
+    with tarfile.open(tmp, "w:gz") as tar:
+        for path in sorted(runs_root.rglob("*")):
+            if path.is_file() and (path.name in keep or path.suffix in (".log", ".txt")):
+                tar.add(path, arcname=str(path.relative_to(runs_root.parent)))
+    os.replace(tmp, dest / "results.tar.gz")
+
+
+# ----------------------------------------------------------------------------------------------- collect
+def _curve(run_dir: Path) -> list[tuple[int, float]]:
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        x = json.loads(line)
+        if "AP" in x:
+            out.append((int(x["iter"]), float(x["AP"])))
+    return out
+
+
+def _series(run_dir: Path, keys: tuple[str, ...]) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list[tuple[int, float]]] = {k: [] for k in keys}
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        x = json.loads(line)
+        for k in keys:
+            if k in x:
+                out[k].append((int(x["iter"]), float(x[k])))
+    return out
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
+    """Mean of the per-seed differences a - b and its two-sided 95 % t interval."""
+    d = [x - y for x, y in zip(a, b)]
+    m = statistics.mean(d)
+    if len(d) < 2:
+        return m, math.nan, math.nan
+    h = T_975[len(d) - 1] * statistics.stdev(d) / math.sqrt(len(d))
+    return m, m - h, m + h
+
+
+def collect(runs_root: Path, out_dir: Path) -> dict:
+    runs = plan()
+    rows: dict[str, dict[str, dict]] = {}
+    for r in runs:
+        d = runs_root / r.name
+        if not (d / "eval.json").is_file():
+            continue
+        ev = json.loads((d / "eval.json").read_text())
+        row = rows.setdefault(r.family, {}).setdefault(r.label, {"recipe": r.recipe, "overrides": r.overrides,
+                                                                  "seeds": [], "AP": [], "AP50": [], "iters": ev["iter"],
+                                                                  "curves": {}})
+        row["seeds"].append(r.seed)
+        row["AP"].append(ev["AP"])
+        row["AP50"].append(ev["AP50"])
+        if r.curve:
+            row["curves"][str(r.seed)] = _curve(d)
+        if r.family == "faster_rcnn" and r.teacher:
+            kept = _series(d, ("kept_cls", "kept_reg"))
+            if kept["kept_cls"]:
+                row.setdefault("kept", {})[str(r.seed)] = kept
+    for fam in rows.values():
+        base = fam.get("student baseline")
+        for label, row in fam.items():
+            if base and label not in ("teacher", "student baseline") and len(row["AP"]) > 1:
+                b = dict(zip(base["seeds"], base["AP"]))
+                common = [s for s in row["seeds"] if s in b]
+                if len(common) > 1:
+                    a = dict(zip(row["seeds"], row["AP"]))
+                    row["paired"] = paired([a[s] for s in common], [b[s] for s in common])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "distill_converged.json").write_text(json.dumps(rows, indent=1))
+    _plot_curves(rows, out_dir / "distill_curves.png")
+    _plot_kept(rows, out_dir / "tadf_kept.png")
+    return rows
+
+
+def table(rows: dict) -> str:
+    lines = []
+    for family, fam in rows.items():
+        base = fam.get("student baseline")
+        bm = statistics.mean(base["AP"]) if base else None
+        lines += [f"### {family} ({'CrossKD' if family == 'gfl' else 'TADF'})", "",
+                  "| row | AP mean ± std | Δ vs baseline (paired, 95 % interval) | AP50 mean | per-seed AP | iterations |",
+                  "|---|---|---|---|---|---|"]
+        for label, r in fam.items():
+            m = statistics.mean(r["AP"])
+            s = statistics.stdev(r["AP"]) if len(r["AP"]) > 1 else 0.0
+            if "paired" in r:
+                d, lo, hi = r["paired"]
+                delta = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            elif bm is not None and label not in ("teacher", "student baseline"):
+                delta = f"{m - bm:+.1f} (one seed)"
+            else:
+                delta = ""
+            per = ", ".join(f"{v:.1f}" for v in r["AP"])
+            lines.append(f"| {label} | {m:.1f} ± {s:.1f} | {delta} | {statistics.mean(r['AP50']):.1f} | {per} | {r['iters']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plot_curves(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fams = [f for f in rows if any(r["curves"] for r in rows[f].values())]
+    if not fams:
+        return
+    fig, axes = plt.subplots(1, len(fams), figsize=(6.5 * len(fams), 4.2), squeeze=False)
+    for ax, fam in zip(axes[0], fams):
+        for i, (label, r) in enumerate((lbl, r) for lbl, r in rows[fam].items() if r["curves"]):
+            for j, (seed, curve) in enumerate(sorted(r["curves"].items())):
+                xs, ys = zip(*curve)
+                ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.45, lw=1.6 if j == 0 else 1.0,
+                        label=label if j == 0 else None, marker="o", ms=2.5)
+        ax.set_xlabel("iteration (batch 32)")
+        ax.set_ylabel("COCO AP, shapes val")
+        ax.set_title(f"{fam}: AP during training (lines: seeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_kept(rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fam = rows.get("faster_rcnn", {})
+    series = [(label, r["kept"]) for label, r in fam.items() if r.get("kept")]
+    if not series:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for ax, key, title in ((axes[0], "kept_cls", "classification term"), (axes[1], "kept_reg", "regression term")):
+        for i, (label, kept) in enumerate(series):
+            for j, (seed, s) in enumerate(sorted(kept.items())):
+                if s[key]:
+                    xs, ys = zip(*s[key])
+                    ax.plot(xs, ys, color=f"C{i}", alpha=0.8 if j == 0 else 0.35, lw=1, label=label if j == 0 else None)
+        ax.set_title(f"TADF: share of positive regions the teacher-wins rule keeps ({title})", fontsize=9)
+        ax.set_xlabel("iteration")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train")
+    t.add_argument("--runs", default="runs/shapes_converged")
+    t.add_argument("--student-iters", type=int)
+    t.add_argument("--teacher-iters", type=int)
+    t.add_argument("--teacher-ratio", type=float, default=1.25, help="teacher iterations per student iteration")
+    t.add_argument("--calibrate", action="store_true", help="choose the iterations from a short side-by-side run")
+    t.add_argument("--calibration-iters", type=int, default=40)
+    t.add_argument("--calibration-one-each", action="store_true", help="one calibration run per kind (a quick check)")
+    t.add_argument("--budget", type=float, default=420.0, help="seconds the training may take (with --calibrate)")
+    t.add_argument("--safety", type=float, default=0.75, help="share of --budget the prediction may fill")
+    t.add_argument("--evals", type=int, default=8, help="evaluations along a curve run")
+    t.add_argument("--jobs", type=int, default=64)
+    t.add_argument("--deadline", type=float, help="seconds from now after which running runs are stopped")
+    t.add_argument("--pack", help="folder for results.tar.gz, refreshed every minute")
+    t.add_argument("--only", nargs="*", help="run names to train (default: all)")
+    c = sub.add_parser("collect")
+    c.add_argument("--runs", default="runs/shapes_converged")
+    c.add_argument("--out", default="docs")
+    args = ap.parse_args()
+    runs_root = (ROOT / args.runs).resolve()
+    if args.cmd == "collect":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _md import replace_block
+
+        rows = collect(runs_root, ROOT / args.out)
+        text = table(rows)
+        replace_block(ROOT / args.out / "distill_results.md", "converged-regime",
+                      "Produced by `python benchmarks/bench_converged.py collect` from the runs of "
+                      "`benchmarks/run_converged_gpu.sh` (COCO AP on the 200 shapes val images, in %; mean ± sample "
+                      "std over seeds; Δ: mean of the per-seed differences to the baseline of the same seed, with its "
+                      "95 % t interval).\n\n" + text)
+        print(text)
+        return
+    start = time.time()
+    log = lambda msg: print(f"[{time.time() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
+    runs = plan()
+    if args.only:
+        runs = [r for r in runs if r.name in set(args.only)]
+    if args.calibrate:
+        cal = calibrate(runs_root, args.calibration_iters, log, one_each=args.calibration_one_each)
+        left = args.budget - (time.time() - start)
+        student = choose_iters(cal, runs, left * args.safety, args.evals, args.teacher_ratio)
+        (runs_root / "_calibration" / "calibration.json").write_text(json.dumps({**cal, "student_iters": student}, indent=1))
+    else:
+        if not args.student_iters:
+            raise SystemExit("give --student-iters (and --teacher-iters), or --calibrate")
+        student = args.student_iters
+    if student >= 100:
+        student = round(student / 20) * 20
+    teacher = args.teacher_iters or max(1, round(student * args.teacher_ratio / 20) * 20 if student >= 100 else round(student * args.teacher_ratio))
+    log(f"student iterations {student}, teacher iterations {teacher}, {len(runs)} runs")
+    deadline = start + args.deadline if args.deadline else None
+    status = train(runs, runs_root, student_iters=student, teacher_iters=teacher, evals=args.evals, jobs=args.jobs,
+                   deadline=deadline, pack=Path(args.pack) if args.pack else None, log=log)
+    bad = {k: v for k, v in status.items() if v != 0}
+    log(f"finished: {sum(v == 0 for v in status.values())} runs; not finished: {bad or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""benchmarks/bench_converged.py: the run plan, the recipes it trains, the iteration planner, the
+paired interval and the results archive (the training itself is what `kdzoo train` tests cover)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from kdzoo.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_converged", ROOT / "benchmarks" / "bench_converged.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_converged"] = mod  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plan_rows_seeds_and_teachers(bench) -> None:
+    runs = bench.plan()
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 2 + 6 + 9 + 12 + 6
+    by_name = {r.name: r for r in runs}
+    for r in runs:  # every distilled run names a teacher run of its family, started before it
+        if r.teacher:
+            assert by_name[r.teacher].kind == "teacher" and by_name[r.teacher].family == r.family
+            assert names.index(r.teacher) < names.index(r.name)
+    labels = {(r.family, r.label) for r in runs if r.seed == 2}
+    assert ("gfl", "CrossKD+PKD") in labels and ("faster_rcnn", "TADF regression only") in labels
+
+
+def test_converged_recipes_share_the_student_schedule(bench) -> None:
+    student = load_recipe(ROOT / bench.REC / "gfl_student.yaml")
+    crosskd = load_recipe(ROOT / bench.REC / "gfl_crosskd.yaml")
+    assert (crosskd.schedule, crosskd.batch_size, crosskd.model.name) == (student.schedule, student.batch_size, "gfl_mnv3s")
+    assert crosskd.distill.method == "crosskd" and crosskd.teacher.checkpoint == "runs/shapes_converged/gfl_teacher"
+    assert student.batch_size == 32 and student.data.cache and student.schedule.lr == 0.002
+    tadf = load_recipe(ROOT / bench.REC / "faster_rcnn_tadf.yaml")
+    base = load_recipe(ROOT / bench.REC / "faster_rcnn_student.yaml")
+    assert tadf.schedule == base.schedule and tadf.distill.method == "tadf" and tadf.schedule.grad_clip == 10.0
+
+
+def test_command_overrides(bench, tmp_path: Path) -> None:
+    run = next(r for r in bench.plan() if r.name == "faster_rcnn_tadf_feat_s1")
+    cmd = bench.command(run, tmp_path, iters=400, evals=8)
+    assert cmd[3] == bench.REC + "faster_rcnn_tadf.yaml"
+    assert {f"output_dir={tmp_path / run.name}", "seed=1", "schedule.iters=400", "eval_interval=0",
+            "distill.options.terms=[feat]", f"teacher.checkpoint={tmp_path / 'faster_rcnn_teacher'}"} <= set(cmd)
+    curve = next(r for r in bench.plan() if r.name == "gfl_student_s0")
+    assert "eval_interval=50" in bench.command(curve, tmp_path, iters=400, evals=8)
+    load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a])  # the overrides are valid recipe keys
+
+
+def test_paired_interval_by_hand(bench) -> None:
+    m, lo, hi = bench.paired([10.0, 12.0, 14.0], [9.0, 10.0, 11.0])  # differences 1, 2, 3: sd 1
+    h = 4.303 / math.sqrt(3)
+    assert m == 2.0 and lo == pytest.approx(2.0 - h) and hi == pytest.approx(2.0 + h)
+    assert math.isnan(bench.paired([1.0], [0.0])[1])
+
+
+def test_choose_iters_fits_the_budget(bench) -> None:
+    runs = bench.plan()
+    kinds = ["gfl_teacher", "gfl_student", "gfl_crosskd", "faster_rcnn_teacher", "faster_rcnn_student", "faster_rcnn_tadf"]
+    cal = {"processes": 18, **{k: 0.1 for k in kinds}, **{f"{k}/overhead": 10.0 for k in kinds}}
+    cal["faster_rcnn_tadf"] = 0.2
+    # phase 1: 8 processes -> max(8/18, 0.35) * 0.1 per teacher step, 1.25 teacher steps per student step;
+    # phase 2: 27 processes -> 27/18 * 0.2; overhead: (8 + 1) * 10 / 2 for a curve teacher and for TADF.
+    per_iter = 1.25 * (8 / 18) * 0.1 + (27 / 18) * 0.2
+    expected = int((600 - 45 - 45) / per_iter)
+    assert bench.choose_iters(cal, runs, 600, evals=8, teacher_ratio=1.25) == expected
+
+
+def test_pack_keeps_results_not_checkpoints(bench, tmp_path: Path) -> None:
+    runs = tmp_path / "shapes_converged"
+    (runs / "a").mkdir(parents=True)
+    for name in ("metrics.jsonl", "eval.json", "config.json", "checkpoint.pt", "model.safetensors", "results.json"):
+        (runs / "a" / name).write_text("{}")
+    (runs / "a.log").write_text("log")
+    bench.pack_results(runs, tmp_path / "out")
+    with tarfile.open(tmp_path / "out" / "results.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["shapes_converged/a.log", "shapes_converged/a/config.json",
+                                          "shapes_converged/a/eval.json", "shapes_converged/a/metrics.jsonl"]
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["results.tar.gz"]  # no temporary left
+
+
+def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    aps = {"gfl_student": [20.0, 22.0, 21.0], "gfl_crosskd": [23.0, 24.0, 25.0]}
+    for key, values in aps.items():
+        for seed, ap in enumerate(values):
+            d = runs / f"{key}_s{seed}"
+            d.mkdir(parents=True)
+            (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": ap, "AP50": ap * 2}))
+            (d / "metrics.jsonl").write_text(json.dumps({"iter": 50, "AP": ap / 2}) + "\n"
+                                             + json.dumps({"iter": 100, "AP": ap}) + "\n")
+    rows = bench.collect(runs, tmp_path / "docs")
+    ck = rows["gfl"]["CrossKD"]
+    assert ck["AP"] == [23.0, 24.0, 25.0] and ck["curves"]["0"] == [(50, 11.5), (100, 23.0)]
+    d, lo, hi = ck["paired"]  # differences 3, 2, 4
+    assert d == pytest.approx(3.0) and hi - d == pytest.approx(4.303 * 1.0 / math.sqrt(3))
+    text = bench.table(rows)
+    assert "| CrossKD | 24.0 ± 1.0 | +3.0 [+0.5, +5.5] | 48.0 | 23.0, 24.0, 25.0 | 100 |" in text
+    assert (tmp_path / "docs" / "distill_curves.png").stat().st_size > 10_000
