@@ -36,6 +36,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 REC = "recipes/shapes/converged/"
 SEEDS = (0, 1, 2)
+INTROS = {  # where each regime's runs come from
+    "converged": "from the runs of `benchmarks/run_converged_gpu.sh` (recipes/shapes/converged/, one GPU)",
+    "long": "from the short regime's recipes with `schedule.iters=800 eval_interval=100` (4x the budget, CPU)",
+}
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95 %, by degrees of freedom
 
 
@@ -96,8 +100,17 @@ def command(run: Run, runs_root: Path, iters: int, evals: int) -> list[str]:
     return cmd
 
 
-def finished(runs_root: Path, name: str) -> bool:
-    return (runs_root / name / "eval.json").is_file()
+def finished(runs_root: Path, name: str, iters: int | None = None) -> bool:
+    """Whether the run has its final evaluation; with ``iters``, a finished run of another schedule
+    is an error (an older job's directory), never silently reused."""
+    path = runs_root / name / "eval.json"
+    if not path.is_file():
+        return False
+    done = json.loads(path.read_text()).get("iter")
+    if iters is not None and done != iters:
+        raise SystemExit(f"{path.parent} holds a finished run of {done} iterations, not {iters}: "
+                         "give another --runs, or remove that directory")
+    return True
 
 
 def train(runs: list[Run], runs_root: Path, *, student_iters: int, teacher_iters: int, evals: int, jobs: int,
@@ -105,7 +118,8 @@ def train(runs: list[Run], runs_root: Path, *, student_iters: int, teacher_iters
     """Run ``runs`` respecting their teachers, ``jobs`` at a time; returns each run's exit status
     (-1: not started, its teacher failed or the deadline came first)."""
     runs_root.mkdir(parents=True, exist_ok=True)
-    status: dict[str, int] = {r.name: 0 for r in runs if finished(runs_root, r.name)}
+    status: dict[str, int] = {r.name: 0 for r in runs
+                              if finished(runs_root, r.name, teacher_iters if r.kind == "teacher" else student_iters)}
     pending = [r for r in runs if r.name not in status]
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -223,8 +237,9 @@ def choose_iters(cal: dict[str, float], runs: list[Run], budget: float, evals: i
     """Student iterations S that make the predicted job fit ``budget`` seconds. With P processes side
     by side a step takes P / P_cal times calibration's step time (the GPU and the CPUs are shared), and
     not less than 0.35 times it. Phase 1 trains the teachers (teacher_ratio * S steps, the baselines
-    beside them), phase 2 every distilled run at once (S steps); start-up and each evaluation cost
-    half of a calibration run's measured overhead (start-up + one evaluation)."""
+    beside them), phase 2 every distilled run at once (S steps); each phase adds a calibration run's
+    measured overhead (start-up + one evaluation, mostly start-up) and an eighth of it per evaluation
+    along a curve."""
     p_cal = cal["processes"]
 
     def key(r: Run) -> str:
@@ -234,8 +249,8 @@ def choose_iters(cal: dict[str, float], runs: list[Run], budget: float, evals: i
     def step(r: Run, procs: int) -> float:
         return cal[key(r)] * max(procs / p_cal, 0.35)
 
-    def fixed(r: Run) -> float:
-        return ((evals if r.curve else 1) + 1) * cal[f"{key(r)}/overhead"] / 2
+    def fixed(r: Run) -> float:  # start-up and the final evaluation, plus the evaluations along a curve
+        return cal[f"{key(r)}/overhead"] * (1 + (evals / 8 if r.curve else 0))
 
     phase1 = [r for r in runs if not r.teacher]
     phase2 = [r for r in runs if r.teacher]
@@ -290,7 +305,7 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
-def collect(runs_root: Path, out_dir: Path) -> dict:
+def collect(runs_root: Path, out_dir: Path, tag: str = "converged") -> dict:
     runs = plan()
     rows: dict[str, dict[str, dict]] = {}
     for r in runs:
@@ -320,9 +335,10 @@ def collect(runs_root: Path, out_dir: Path) -> dict:
                     a = dict(zip(row["seeds"], row["AP"]))
                     row["paired"] = paired([a[s] for s in common], [b[s] for s in common])
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "distill_converged.json").write_text(json.dumps(rows, indent=1))
-    _plot_curves(rows, out_dir / "distill_curves.png")
-    _plot_kept(rows, out_dir / "tadf_kept.png")
+    suffix = "" if tag == "converged" else f"_{tag}"
+    (out_dir / f"distill_{tag}.json").write_text(json.dumps(rows, indent=1))
+    _plot_curves(rows, out_dir / f"distill_curves{suffix}.png")
+    _plot_kept(rows, out_dir / f"tadf_kept{suffix}.png")
     return rows
 
 
@@ -366,7 +382,7 @@ def _plot_curves(rows: dict, path: Path) -> None:
                 xs, ys = zip(*curve)
                 ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.45, lw=1.6 if j == 0 else 1.0,
                         label=label if j == 0 else None, marker="o", ms=2.5)
-        ax.set_xlabel("iteration (batch 32)")
+        ax.set_xlabel("iteration")
         ax.set_ylabel("COCO AP, shapes val")
         ax.set_title(f"{fam}: AP during training (lines: seeds)")
         ax.grid(alpha=0.3)
@@ -424,19 +440,21 @@ def main() -> None:
     c = sub.add_parser("collect")
     c.add_argument("--runs", default="runs/shapes_converged")
     c.add_argument("--out", default="docs")
+    c.add_argument("--tag", default="converged", choices=sorted(INTROS),
+                   help="which regime the runs are: names the files and the block of docs/distill_results.md")
     args = ap.parse_args()
     runs_root = (ROOT / args.runs).resolve()
     if args.cmd == "collect":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _md import replace_block
 
-        rows = collect(runs_root, ROOT / args.out)
+        rows = collect(runs_root, ROOT / args.out, args.tag)
         text = table(rows)
-        replace_block(ROOT / args.out / "distill_results.md", "converged-regime",
-                      "Produced by `python benchmarks/bench_converged.py collect` from the runs of "
-                      "`benchmarks/run_converged_gpu.sh` (COCO AP on the 200 shapes val images, in %; mean ± sample "
-                      "std over seeds; Δ: mean of the per-seed differences to the baseline of the same seed, with its "
-                      "95 % t interval).\n\n" + text)
+        replace_block(ROOT / args.out / "distill_results.md", f"{args.tag}-regime",
+                      f"Produced by `python benchmarks/bench_converged.py collect --tag {args.tag} --runs {args.runs}` "
+                      f"{INTROS[args.tag]} (COCO AP on the 200 shapes val images, in %; mean ± sample std over seeds; "
+                      "Δ: mean of the per-seed differences to the baseline of the same seed, with its 95 % t "
+                      "interval).\n\n" + text)
         print(text)
         return
     start = time.time()

@@ -73,9 +73,9 @@ def test_choose_iters_fits_the_budget(bench) -> None:
     cal = {"processes": 18, **{k: 0.1 for k in kinds}, **{f"{k}/overhead": 10.0 for k in kinds}}
     cal["faster_rcnn_tadf"] = 0.2
     # phase 1: 8 processes -> max(8/18, 0.35) * 0.1 per teacher step, 1.25 teacher steps per student step;
-    # phase 2: 27 processes -> 27/18 * 0.2; overhead: (8 + 1) * 10 / 2 for a curve teacher and for TADF.
+    # phase 2: 27 processes -> 27/18 * 0.2; overhead per phase: 10 * (1 + 8/8) for a curve run.
     per_iter = 1.25 * (8 / 18) * 0.1 + (27 / 18) * 0.2
-    expected = int((600 - 45 - 45) / per_iter)
+    expected = int((600 - 20 - 20) / per_iter)
     assert bench.choose_iters(cal, runs, 600, evals=8, teacher_ratio=1.25) == expected
 
 
@@ -110,3 +110,11 @@ def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     text = bench.table(rows)
     assert "| CrossKD | 24.0 ± 1.0 | +3.0 [+0.5, +5.5] | 48.0 | 23.0, 24.0, 25.0 | 100 |" in text
     assert (tmp_path / "docs" / "distill_curves.png").stat().st_size > 10_000
+
+
+def test_a_finished_run_of_another_schedule_is_not_reused(bench, tmp_path: Path) -> None:
+    (tmp_path / "gfl_student_s0").mkdir()
+    (tmp_path / "gfl_student_s0" / "eval.json").write_text(json.dumps({"iter": 10, "AP": 0.1}))
+    assert bench.finished(tmp_path, "gfl_student_s0", 10) and not bench.finished(tmp_path, "gfl_crosskd_s0", 10)
+    with pytest.raises(SystemExit, match="gfl_student_s0 holds a finished run of 10 iterations, not 480"):
+        bench.finished(tmp_path, "gfl_student_s0", 480)
