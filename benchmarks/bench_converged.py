@@ -38,7 +38,8 @@ REC = "recipes/shapes/converged/"
 SEEDS = (0, 1, 2)
 INTROS = {  # where each regime's runs come from
     "converged": "from the runs of `benchmarks/run_converged_gpu.sh` (recipes/shapes/converged/, one GPU)",
-    "long": "from the short regime's recipes with `schedule.iters=800 eval_interval=100` (4x the budget, CPU)",
+    "long": "from the short regime's GFL recipes run with `seed=S schedule.iters=600 eval_interval=150 "
+            "output_dir=runs/shapes_long/gfl_{student,crosskd}_sS` (3x the budget, the same 280-iteration teacher, CPU)",
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95 %, by degrees of freedom
 
