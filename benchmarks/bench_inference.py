@@ -20,7 +20,6 @@ import time
 
 import torch
 import torchvision
-from torchvision.ops import box_iou
 
 import kdzoo
 
