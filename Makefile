@@ -27,7 +27,7 @@ test-slow: $(STAMP)
 # after the other with every core, evaluates the teacher on the same images and prints the AP table
 # (docs/training.md, "Shapes: make run"). --resume makes it restartable: a killed run continues, a
 # finished one is only reported.
-MAIN_JOB ?= recipes/shapes/gfl_student.yaml recipes/shapes/gfl_crosskd_embedded_teacher.yaml
+MAIN_JOB ?= recipes/shapes/make_run/gfl_student.yaml recipes/shapes/make_run/gfl_crosskd.yaml
 
 run: $(STAMP)
 	@test -f data/shapes/shapes_meta.json || $(PY) -m kdzoo shapes --out data/shapes
