@@ -63,6 +63,16 @@ def test_runs_side_by_side_with_the_teacher_first(shapes: Path, tmp_path: Path, 
     again = compare(str(a), str(b), "--teacher", "gfl_r10t.shapes", "--resume", cwd=tmp_path, capsys=capsys)
     assert again.returncode == 0 and again.stdout == proc.stdout
     assert (tmp_path / "runs" / "a" / "model.safetensors").stat().st_mtime_ns == stamp
+    # a cached teacher evaluation of other weights under the same name is not shown: evaluated again
+    import hashlib
+
+    from kdzoo.embedded import WEIGHTS_DIR
+    assert teacher["weights_sha256"] == hashlib.sha256(
+        (WEIGHTS_DIR / "gfl_r10t.shapes" / "model.safetensors").read_bytes()).hexdigest()
+    (tmp_path / "runs" / "gfl_r10t.shapes" / "eval.json").write_text(
+        json.dumps({**teacher, "AP": 99.0, "weights_sha256": "0" * 64}))
+    third = compare(str(a), str(b), "--teacher", "gfl_r10t.shapes", "--resume", cwd=tmp_path, capsys=capsys)
+    assert third.returncode == 0 and third.stdout == proc.stdout and "evaluating again" in third.stderr
     # without --resume a finished run is not overwritten
     refused = compare(str(a), cwd=tmp_path, capsys=capsys)
     assert refused.returncode == 2 and "already holds a run; pass --resume" in refused.stderr

@@ -55,26 +55,37 @@ def run(args: argparse.Namespace) -> int:
 
 def _teacher_eval(name: str, recipe) -> Path:
     """``<runs>/<teacher>/eval.json``: the teacher's metrics on the recipe's validation set,
-    computed once (a second job reuses them)."""
+    computed once for the same weights (a second job reuses them; new weights under the same name,
+    e.g. after an upgrade of the embedded checkpoints, are evaluated again)."""
     from .. import create_detector
     from ..checkpoint import atomic_write
     from ..engine.build import build_datasets, device
     from ..engine.hooks import json_safe
     from ..evaluation import evaluate
+    from ..hub import _sha256
 
     out = Path(recipe.output_dir).parent / Path(name).name
     path = out / "eval.json"
-    if path.is_file():
-        return out
-    _, val_ds = build_datasets(recipe)
     model = create_detector(name, pretrained=True)
+    weights = getattr(getattr(model, "pretrained_cfg", None), "file", None)
+    digest = _sha256(Path(weights)) if weights and Path(weights).is_file() else None
+    if path.is_file():
+        try:
+            cached = json.loads(path.read_text()).get("weights_sha256")
+        except (OSError, ValueError, AttributeError):
+            cached = None
+        if digest is None or cached == digest:
+            return out
+        print(f"the teacher {name} has other weights than those {path} was computed with: evaluating again",
+              file=sys.stderr)
+    _, val_ds = build_datasets(recipe)
     if model.num_classes != val_ds.num_classes:
         raise ValueError(f"--teacher {name} predicts {model.num_classes} classes, the validation set has {val_ds.num_classes}")
     print(f"evaluating the teacher {name} on {val_ds.root}", file=sys.stderr)
     metrics, _ = evaluate(model, val_ds, batch_size=recipe.eval_batch_size, workers=recipe.workers,
                           device=device(recipe), progress=sys.stderr.isatty())
     out.mkdir(parents=True, exist_ok=True)
-    record = {"model": name, **{k: v for k, v in metrics.items() if k != "summary"}}
+    record = {"model": name, "weights_sha256": digest, **{k: v for k, v in metrics.items() if k != "summary"}}
     atomic_write(path, lambda p: p.write_text(json.dumps(json_safe(record), indent=2)))
     return out
 
