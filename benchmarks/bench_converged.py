@@ -40,6 +40,9 @@ INTROS = {  # where each regime's runs come from
     "converged": "from the runs of `benchmarks/run_converged_gpu.sh` (recipes/shapes/converged/, one GPU)",
     "long": "from the short regime's GFL recipes run with `seed=S schedule.iters=600 eval_interval=150 "
             "output_dir=runs/shapes_long/gfl_{student,crosskd}_sS` (3x the budget, the same 280-iteration teacher, CPU)",
+    "strong": "from the same 600-iteration GFL runs with a stronger teacher: the teacher recipe at `schedule.iters=560` "
+              "(`runs/shapes_long/gfl_teacher_560`), CrossKD from it with `teacher.checkpoint=` that run and "
+              "`output_dir=runs/shapes_long_t560/gfl_crosskd_sS`; the baselines are the 3x rows' (CPU)",
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95 %, by degrees of freedom
 
@@ -379,6 +382,10 @@ def _plot_curves(rows: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(fams), figsize=(6.5 * len(fams), 4.2), squeeze=False)
     for ax, fam in zip(axes[0], fams):
         for i, (label, r) in enumerate((lbl, r) for lbl, r in rows[fam].items() if r["curves"]):
+            if label == "teacher":  # its final AP as a level to reach, not a curve on the students' axis
+                ap = statistics.mean(r["AP"])
+                ax.axhline(ap, color=f"C{i}", ls="--", lw=1.2, label=f"teacher ({ap:.1f} AP, {r['iters']} it)")
+                continue
             for j, (seed, curve) in enumerate(sorted(r["curves"].items())):
                 xs, ys = zip(*curve)
                 ax.plot(xs, ys, color=f"C{i}", alpha=0.9 if j == 0 else 0.45, lw=1.6 if j == 0 else 1.0,
