@@ -401,23 +401,31 @@ def _plot_curves(rows: dict, path: Path) -> None:
 
 
 def _plot_kept(rows: dict, path: Path) -> None:
+    fam = rows.get("faster_rcnn", {})
+    plot_kept_series([(label, next(iter(r["kept"].values()))) for label, r in fam.items() if r.get("kept")], path)
+
+
+def plot_kept_series(series: list[tuple[str, dict]], path: Path, window: int = 10, bold: str | None = None) -> None:
+    """TADF's kept shares (``kept_cls`` / ``kept_reg``: [(iteration, share)]) against the iteration,
+    one line per ``(label, series)``, as a moving average over ``window`` logged steps (a step's
+    share is over one batch's few positive regions)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fam = rows.get("faster_rcnn", {})
-    series = [(label, r["kept"]) for label, r in fam.items() if r.get("kept")]
     if not series:
         return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for ax, key, title in ((axes[0], "kept_cls", "classification term"), (axes[1], "kept_reg", "regression term")):
         for i, (label, kept) in enumerate(series):
-            for j, (seed, s) in enumerate(sorted(kept.items())):
-                if s[key]:
-                    xs, ys = zip(*s[key])
-                    ax.plot(xs, ys, color=f"C{i}", alpha=0.8 if j == 0 else 0.35, lw=1, label=label if j == 0 else None)
-        ax.set_title(f"TADF: share of positive regions the teacher-wins rule keeps ({title})", fontsize=9)
+            pts = [(x, v) for x, v in kept.get(key, []) if v == v]  # NaN: a batch without positive regions
+            if len(pts) < window:
+                continue
+            xs, vs = zip(*pts)
+            avg = [statistics.mean(vs[j - window + 1:j + 1]) for j in range(window - 1, len(vs))]
+            ax.plot(xs[window - 1:], avg, color=f"C{i}", lw=1.4 if label == bold else 1.0, label=label)
+        ax.set_title(f"TADF: share of positive regions kept, {title} ({window}-step mean)", fontsize=9)
         ax.set_xlabel("iteration")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _md import replace_block  # noqa: E402
-from bench_converged import _series  # noqa: E402
+from bench_converged import _series, plot_kept_series  # noqa: E402
 from bench_distill import Row, _find, run  # noqa: E402
 
 TADF = "recipes/shapes/faster_rcnn_tadf.yaml"
@@ -73,33 +73,9 @@ def collect(results: dict[str, dict[int, dict]], teacher_ap: float) -> dict:
 
 
 def plot_kept(data: dict, path: Path, window: int = 10) -> None:
-    """The kept shares against the iteration, one line per TADF row (first seed), as a moving
-    average over ``window`` steps (a step's share is over one batch's few positive regions)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The kept shares against the iteration, one line per TADF row (its first seed)."""
     series = [(label, next(iter(r["kept"].values()))) for label, r in data["rows"].items() if r["kept"]]
-    if not series:
-        return
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, key, title in ((axes[0], "kept_cls", "classification term"), (axes[1], "kept_reg", "regression term")):
-        for i, (label, kept) in enumerate(series):
-            pts = [(x, v) for x, v in kept.get(key, []) if v == v]
-            if len(pts) < window:
-                continue
-            xs, vs = zip(*pts)
-            avg = [statistics.mean(vs[j - window + 1:j + 1]) for j in range(window - 1, len(vs))]
-            ax.plot(xs[window - 1:], avg, color=f"C{i}", lw=1.4 if label == SHIPPED else 1.0, label=label)
-        ax.set_title(f"TADF: share of positive regions kept, {title} ({window}-step mean)", fontsize=9)
-        ax.set_xlabel("iteration")
-        ax.set_ylim(0, 1.02)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_kept_series(series, path, window, bold=SHIPPED)
 
 
 def table(data: dict) -> str:
