@@ -222,7 +222,8 @@ def _jsonable(value: Any, where: str) -> Any:
                     "build the model with JSON-compatible kwargs (numbers, strings, lists, dicts)")
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -281,7 +282,7 @@ def save_pretrained(
         if not recipe_path.is_file():
             raise FileNotFoundError(f"recipe_path {str(recipe_path)!r} does not exist")
         lineage.setdefault("recipe", recipe_path.name)
-        lineage["recipe_sha256"] = _sha256(recipe_path)
+        lineage["recipe_sha256"] = file_sha256(recipe_path)
         if recipe_path.resolve() != (out / "recipe.yaml").resolve():
             atomic_write(out / "recipe.yaml", lambda tmp: shutil.copyfile(recipe_path, tmp))
     if lineage.get("teacher"):

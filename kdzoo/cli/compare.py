@@ -62,13 +62,13 @@ def _teacher_eval(name: str, recipe) -> Path:
     from ..engine.build import build_datasets, device
     from ..engine.hooks import json_safe
     from ..evaluation import evaluate
-    from ..hub import _sha256
+    from ..hub import file_sha256
 
     out = Path(recipe.output_dir).parent / Path(name).name
     path = out / "eval.json"
     model = create_detector(name, pretrained=True)
     weights = getattr(getattr(model, "pretrained_cfg", None), "file", None)
-    digest = _sha256(Path(weights)) if weights and Path(weights).is_file() else None
+    digest = file_sha256(Path(weights)) if weights and Path(weights).is_file() else None
     if path.is_file():
         try:
             cached = json.loads(path.read_text()).get("weights_sha256")
