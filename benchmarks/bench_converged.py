@@ -350,7 +350,6 @@ def table(rows: dict) -> str:
     lines = []
     for family, fam in rows.items():
         base = fam.get("student baseline")
-        bm = statistics.mean(base["AP"]) if base else None
         lines += [f"### {family} ({'CrossKD' if family == 'gfl' else 'TADF'})", "",
                   "| row | AP mean ± std | Δ vs baseline (paired, 95 % interval) | AP50 mean | per-seed AP | iterations |",
                   "|---|---|---|---|---|---|"]
@@ -360,8 +359,10 @@ def table(rows: dict) -> str:
             if "paired" in r:
                 d, lo, hi = r["paired"]
                 delta = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-            elif bm is not None and label not in ("teacher", "student baseline"):
-                delta = f"{m - bm:+.1f} (one seed)"
+            elif base and label not in ("teacher", "student baseline"):
+                b = dict(zip(base["seeds"], base["AP"]))  # against the baseline of the same seed
+                same = [a - b[sd] for sd, a in zip(r["seeds"], r["AP"]) if sd in b]
+                delta = f"{statistics.mean(same):+.1f} (seed {', '.join(map(str, r['seeds']))})" if same else ""
             else:
                 delta = ""
             per = ", ".join(f"{v:.1f}" for v in r["AP"])
