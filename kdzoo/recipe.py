@@ -58,6 +58,7 @@ class ShapesCfg:
     num_val: int = 200
     image_size: int = 320
     seed: int = 0
+    background: Literal["synthetic", "photo"] = "synthetic"  # "photo": scikit-image's photographs behind the shapes (docs/shapes.md)
 
 
 @dataclass

@@ -190,3 +190,54 @@ def test_ensure_shapes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
         generate_shapes(foreign, **SMALL)
     main(["--out", str(tmp_path / "cli"), "--train", "2", "--val", "1", "--size", "64", "--workers", "1"])
     assert "objects/image" in capsys.readouterr().out
+
+
+def test_shapes_photo_backgrounds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdzoo.data import shapes
+
+    pytest.importorskip("skimage")  # the dev extra; the photographs ship inside it
+    folder = shapes.skimage_data_dir()
+    train, val = shapes.PHOTO_BACKGROUNDS["train"], shapes.PHOTO_BACKGROUNDS["val"]
+    assert not set(train) & set(val) and all((folder / n).is_file() for n in train + val)
+
+    a = generate_shapes(tmp_path / "a", seed=3, background="photo", **SMALL)
+    b = generate_shapes(tmp_path / "b", seed=3, background="photo", **{**SMALL, "workers": 2})
+    syn = generate_shapes(tmp_path / "syn", seed=3, **SMALL)
+    for split in ("train", "val"):
+        assert (a / split / "000001.png").read_bytes() == (b / split / "000001.png").read_bytes()
+        assert (a / split / "000001.png").read_bytes() != (syn / split / "000001.png").read_bytes()
+    info = json.loads((a / "annotations" / "instances_val.json").read_text())["info"]
+    assert info["background"] == "photo" and "background" not in json.loads(
+        (syn / "annotations" / "instances_val.json").read_text())["info"]
+    # The recorded parameters tell a photo dataset from a synthetic one of the same size and seed.
+    assert ensure_shapes(tmp_path / "a", seed=3, background="photo", **SMALL) == a
+    with pytest.raises(ShapesDirectoryError, match=r"background: None there, 'photo' requested"):
+        ensure_shapes(tmp_path / "syn", seed=3, background="photo", **SMALL)
+    main(["--out", str(tmp_path / "cli"), "--background", "photo", "--train", "1", "--val", "1", "--size", "64",
+          "--workers", "1"])
+    assert json.loads((tmp_path / "cli" / shapes.META_FILE).read_text())["background"] == "photo"
+
+    # Each split draws only on its own photographs: flat stand-ins, dark for train, bright for val.
+    monkeypatch.setattr(shapes, "_PHOTOS", {"train": [np.full((50, 80, 3), 0.2, np.float32)],
+                                            "val": [np.full((60, 40, 3), 0.6, np.float32)]})
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        tr, va = shapes._photo_background(rng, 32, "train"), shapes._photo_background(rng, 32, "val")
+        assert tr.shape == va.shape == (32, 32, 3)
+        assert 0.2 * 0.7 - 0.01 <= tr.min() and tr.max() <= 0.2 * 1.3 + 0.01  # the per-channel gain is 0.7-1.3
+        assert 0.6 * 0.7 - 0.01 <= va.min() and va.max() <= 0.6 * 1.3 + 0.01
+
+
+def test_shapes_photo_backgrounds_bad_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from kdzoo.data import shapes
+
+    with pytest.raises(ValueError, match=r"background must be one of 'synthetic', 'photo', got 'foto'"):
+        generate_shapes(tmp_path / "x", background="foto", **SMALL)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(shapes, "_PHOTOS", {})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "skimage" else real(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install scikit-image.*or use background 'synthetic'"):
+        generate_shapes(tmp_path / "p", background="photo", **SMALL)
+    assert not (tmp_path / "p").exists() and list(tmp_path.iterdir()) == []  # nothing written

@@ -29,6 +29,14 @@ an earlier one less than 30 % visible), and backgrounds combine colour gradients
 low-frequency blotches, pixel noise and non-object distractors (lines, open arcs that
 look like partial rings, irregular blobs).
 
+Photo backgrounds (``background="photo"``, ``kdzoo shapes --background photo``): the same objects and
+clutter drawn on random crops of the photographs that ship inside scikit-image (read from its
+package folder; scikit-image is the ``dev`` extra), so the detector has to find the shapes in real
+texture, not on smooth gradients. Training and validation draw on disjoint photographs (see
+``PHOTO_BACKGROUNDS``), so the validation AP also measures how well a model ignores backgrounds it
+never saw. Each crop covers 35-100 % of the photo's short side, is flipped at random and gets a random
+per-channel gain, so grey photos come in tints.
+
 Annotations: ``bbox`` is the visible extent of the drawn shape (after occlusion), in
 pixel-edge coordinates (xywh). There are no segmentations, so ``area`` is the box area
 w*h: the small/medium/large split then follows box size, which is also how COCOeval
@@ -48,6 +56,7 @@ recomputed with ``python -m kdzoo.data.shapes --out DIR --stats``):
 Usage::
 
     python -m kdzoo.data.shapes --out data/shapes [--seed 0] [--train 800] [--val 200] [--size 320]
+    python -m kdzoo.data.shapes --out data/shapes_photo --background photo
 
     from kdzoo.data.shapes import ensure_shapes
     root = ensure_shapes("data/shapes")  # root/train, root/val, root/annotations/
@@ -91,6 +100,14 @@ HUE_JITTER = 35.0
 OFF_PALETTE_PROB = 0.15
 META_FILE = "shapes_meta.json"
 _SPLIT_KEYS = {"train": 0, "val": 1}
+BACKGROUNDS = ("synthetic", "photo")
+# scikit-image's bundled photographs (skimage/data/), split so validation backgrounds are never trained on.
+PHOTO_BACKGROUNDS: dict[str, tuple[str, ...]] = {
+    "train": ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "clock_motion.png",
+              "grass.png", "hubble_deep_field.jpg", "ihc.png", "moon.png", "page.png", "retina.jpg",
+              "rocket.jpg", "text.png"),
+    "val": ("coffee.png", "coins.png", "gravel.png", "motorcycle_left.png"),
+}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -172,6 +189,48 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img * (1 - (a := rng.uniform(0.1, 0.45))) + blotch * a
 
 
+def skimage_data_dir() -> Path:
+    """scikit-image's folder of bundled images, located without importing scikit-image (seconds)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if not (spec and spec.submodule_search_locations):
+        raise ModuleNotFoundError(
+            "shapes background 'photo' draws on the photographs bundled with scikit-image, which is not installed: "
+            "pip install scikit-image (or pip install 'kdzoo[dev]'), or use background 'synthetic'")
+    return Path(list(spec.submodule_search_locations)[0]) / "data"
+
+
+_PHOTOS: dict[str, list[np.ndarray]] = {}
+
+
+def _photos(split: str) -> list[np.ndarray]:
+    """The split's background photographs as float32 HxWx3 in 0..1 (loaded once per process)."""
+    if split not in _PHOTOS:
+        folder = skimage_data_dir()
+        missing = [n for n in PHOTO_BACKGROUNDS[split] if not (folder / n).is_file()]
+        if missing:
+            raise FileNotFoundError(f"scikit-image's photographs {missing} are missing from {folder}; expected the "
+                                    "images bundled with scikit-image >= 0.19")
+        _PHOTOS[split] = [np.asarray(Image.open(folder / n).convert("RGB"), dtype=np.float32) / 255
+                          for n in PHOTO_BACKGROUNDS[split]]
+    return _PHOTOS[split]
+
+
+def _photo_background(rng: np.random.Generator, size: int, split: str) -> np.ndarray:
+    """A random square crop of one of the split's photographs, resized to ``size``, as float32 HxWx3 in 0..1."""
+    photos = _photos(split)
+    photo = photos[int(rng.integers(len(photos)))]
+    h, w = photo.shape[:2]
+    side = int(round(min(h, w) * rng.uniform(0.35, 1.0)))
+    y0, x0 = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+    crop = Image.fromarray((photo[y0 : y0 + side, x0 : x0 + side] * 255 + 0.5).astype(np.uint8))
+    img = np.asarray(crop.resize((size, size), Image.BILINEAR), dtype=np.float32) / 255
+    if rng.random() < 0.5:
+        img = img[:, ::-1]
+    return np.clip(img * rng.uniform(0.7, 1.3, 3).astype(np.float32), 0, 1)
+
+
 def _distractors(img: Image.Image, rng: np.random.Generator, size: int) -> None:
     """Draw clutter that must NOT be detected: lines, open arcs and irregular blobs."""
     draw = ImageDraw.Draw(img)
@@ -194,10 +253,13 @@ def _distractors(img: Image.Image, rng: np.random.Generator, size: int) -> None:
         draw.polygon([tuple(p) for p in pts.tolist()], fill=colour())
 
 
-def _render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+def _render_image(
+    seed: int, split: str, index: int, size: int, background: str = "synthetic"
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Render one image; returns (uint8 HxWx3, [{category_id, bbox, area}])."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_KEYS[split], index]))
-    bg = Image.fromarray((_background(rng, size) * 255).astype(np.uint8))
+    canvas = _photo_background(rng, size, split) if background == "photo" else _background(rng, size)
+    bg = Image.fromarray((canvas * 255).astype(np.uint8))
     _distractors(bg, rng, size)
     img = np.asarray(bg, dtype=np.float32) / 255
 
@@ -261,9 +323,9 @@ def _render_image(seed: int, split: str, index: int, size: int) -> tuple[np.ndar
     return out, anns
 
 
-def _make_one(args: tuple[int, str, int, int, str]) -> list[dict[str, Any]]:
-    seed, split, index, size, out_path = args
-    pixels, anns = _render_image(seed, split, index, size)
+def _make_one(args: tuple[int, str, int, int, str, str]) -> list[dict[str, Any]]:
+    seed, split, index, size, background, out_path = args
+    pixels, anns = _render_image(seed, split, index, size, background)
     # compress_level=1: noisy images barely compress better at higher levels but take 3x longer.
     Image.fromarray(pixels).save(out_path, compress_level=1)
     return anns
@@ -274,7 +336,8 @@ def _file_name(index: int) -> str:
     return f"{index + 1:06d}.png"
 
 
-def _coco_json(split: str, size: int, per_image: list[list[dict[str, Any]]], seed: int) -> dict[str, Any]:
+def _coco_json(split: str, size: int, per_image: list[list[dict[str, Any]]], seed: int,
+               background: str = "synthetic") -> dict[str, Any]:
     images, annotations = [], []
     for i, anns in enumerate(per_image):
         images.append({"id": i + 1, "file_name": _file_name(i), "width": size, "height": size})
@@ -282,7 +345,8 @@ def _coco_json(split: str, size: int, per_image: list[list[dict[str, Any]]], see
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "iscrowd": 0, **a})
     return {
         # No timestamps: the JSON must be byte-identical for the same seed.
-        "info": {"description": f"kdzoo synthetic shapes ({split})", "version": "1.0", "seed": seed},
+        "info": {"description": f"kdzoo synthetic shapes ({split})", "version": "1.0", "seed": seed,
+                 **({} if background == "synthetic" else {"background": background})},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -290,10 +354,10 @@ def _coco_json(split: str, size: int, per_image: list[list[dict[str, Any]]], see
     }
 
 
-def _write_split(root: Path, split: str, n: int, size: int, seed: int, workers: int) -> None:
+def _write_split(root: Path, split: str, n: int, size: int, seed: int, workers: int, background: str) -> None:
     img_dir = root / split
     img_dir.mkdir(parents=True)
-    jobs = [(seed, split, i, size, str(img_dir / _file_name(i))) for i in range(n)]
+    jobs = [(seed, split, i, size, background, str(img_dir / _file_name(i))) for i in range(n)]
     if workers > 1 and n > 1:
         # fork avoids re-importing the (possibly torch-heavy) parent package in each worker.
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
@@ -302,11 +366,14 @@ def _write_split(root: Path, split: str, n: int, size: int, seed: int, workers: 
     else:
         per_image = [_make_one(j) for j in jobs]
     with open(root / "annotations" / f"instances_{split}.json", "w") as f:
-        json.dump(_coco_json(split, size, per_image, seed), f)
+        json.dump(_coco_json(split, size, per_image, seed, background), f)
 
 
-def _params(num_train: int, num_val: int, image_size: int, seed: int) -> dict[str, int]:
-    return {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed, "version": 1}
+def _params(num_train: int, num_val: int, image_size: int, seed: int, background: str = "synthetic") -> dict[str, Any]:
+    p: dict[str, Any] = {"num_train": num_train, "num_val": num_val, "image_size": image_size, "seed": seed, "version": 1}
+    if background != "synthetic":  # absent for the default, so datasets written before the option still match
+        p["background"] = background
+    return p
 
 
 def generate_shapes(
@@ -317,6 +384,7 @@ def generate_shapes(
     image_size: int = 320,
     seed: int = 0,
     workers: int | None = None,
+    background: str = "synthetic",
 ) -> Path:
     """Generate the dataset into ``out_dir`` (replacing a previous generation) and return it.
 
@@ -329,6 +397,11 @@ def generate_shapes(
         raise ValueError(f"num_train/num_val must be >= 0, got {num_train}/{num_val}")
     if image_size < 4 * MIN_SIZE_PX:
         raise ValueError(f"image_size must be >= {int(4 * MIN_SIZE_PX)} px, got {image_size}")
+    if background not in BACKGROUNDS:
+        raise ValueError(f"background must be one of {', '.join(map(repr, BACKGROUNDS))}, got {background!r}")
+    if background == "photo":
+        for split in _SPLIT_KEYS:
+            _photos(split)  # a missing scikit-image is reported before anything is written
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     _check_replaceable(out)
@@ -336,9 +409,9 @@ def generate_shapes(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         (tmp / "annotations").mkdir()
-        _write_split(tmp, "train", num_train, image_size, seed, workers)
-        _write_split(tmp, "val", num_val, image_size, seed, workers)
-        (tmp / META_FILE).write_text(json.dumps(_params(num_train, num_val, image_size, seed), sort_keys=True))
+        _write_split(tmp, "train", num_train, image_size, seed, workers, background)
+        _write_split(tmp, "val", num_val, image_size, seed, workers, background)
+        (tmp / META_FILE).write_text(json.dumps(_params(num_train, num_val, image_size, seed, background), sort_keys=True))
         old = None
         if out.exists():  # move the previous generation aside so the swap is a rename
             _check_replaceable(out)  # again: files may have been added while generating
@@ -420,7 +493,8 @@ def ensure_shapes(out_dir: str | Path, **kw: Any) -> Path:
     """
     out = Path(out_dir)
     want = _params(
-        kw.get("num_train", 800), kw.get("num_val", 200), kw.get("image_size", 320), kw.get("seed", 0)
+        kw.get("num_train", 800), kw.get("num_val", 200), kw.get("image_size", 320), kw.get("seed", 0),
+        kw.get("background", "synthetic"),
     )
     if _is_complete(out):
         try:
