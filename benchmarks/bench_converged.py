@@ -16,6 +16,8 @@ evaluations, recipes, configs and logs) there every minute and at the end.
 ``collect`` writes docs/distill_converged.json, the learning curves (docs/distill_curves.png), TADF's
 kept shares over training (docs/tadf_kept.png) and the converged section of docs/distill_results.md:
 mean, spread, and the per-seed paired difference to the baseline with its 95 % t interval.
+``collect --eval-data DIR`` scores the same runs' final models on another dataset's val split instead
+(``kdzoo eval``, kept as ``eval_on_<name>.json`` in each run), e.g. the photo-background shapes.
 """
 from __future__ import annotations
 
@@ -43,6 +45,19 @@ INTROS = {  # where each regime's runs come from
     "strong": "from the same 600-iteration GFL runs with a stronger teacher: the teacher recipe at `schedule.iters=560` "
               "(`runs/shapes_long/gfl_teacher_560`), CrossKD from it with `teacher.checkpoint=` that run and "
               "`output_dir=runs/shapes_long_t560/gfl_crosskd_sS`; the baselines are the 3x rows' (CPU)",
+    "x6": "from the short regime's GFL recipes at 6x the budget: `seed=S schedule.iters=1200 eval_interval=300 "
+          "output_dir=runs/shapes_1200/gfl_{student,crosskd}_sS`, CrossKD from the 560-iteration teacher "
+          "(`teacher.checkpoint=runs/shapes_long/gfl_teacher_560`) (CPU)",
+    "photo3x": "from the same photo-background runs at 3x the budget: the student and CrossKD recipes with "
+               "`schedule.iters=600 eval_interval=150 seed=S output_dir=runs/shapes_photo_600/gfl_{student,crosskd}_sS`, "
+               "CrossKD from the same 25.0-AP photo teacher (CPU)",
+    "transfer": "from the 600-iteration GFL runs of the strong-teacher rows above (`runs/shapes_long_t560`: "
+                "36.4-AP teacher, baselines, CrossKD, prediction mimicking, CrossKD+PKD), all trained on the "
+                "plain shapes backgrounds and evaluated, unchanged, on the photo-background variant (CPU)",
+    "photo": "from the shapes recipes on the photo-background variant (`data.root=data/shapes_photo "
+             "data.shapes.background=photo`, docs/shapes.md): the teacher recipe at `schedule.iters=560`, the "
+             "student and CrossKD recipes at their 200 iterations with `seed=S`, CrossKD from that teacher; AP on "
+             "the variant's 200 val images, whose photographs no model trained on (CPU)",
 }
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # Student's t, two-sided 95 %, by degrees of freedom
 
@@ -309,21 +324,43 @@ def paired(a: list[float], b: list[float]) -> tuple[float, float, float]:
     return m, m - h, m + h
 
 
-def collect(runs_root: Path, out_dir: Path, tag: str = "converged") -> dict:
+def transfer_evals(runs_root: Path, data: Path, log=print) -> str:
+    """Evaluate every finished run's final model on ``data``'s val split with ``kdzoo eval``; each
+    result is kept next to the run as ``eval_on_<data name>.json`` (a rerun reuses it). Returns that
+    file name, for :func:`collect`."""
+    name = f"eval_on_{data.name}.json"
+    if not (data / "annotations" / "instances_val.json").is_file():
+        raise SystemExit(f"--data {data}: expected a COCO-format dataset with annotations/instances_val.json "
+                         "and val/ (e.g. `kdzoo shapes --out data/shapes_photo --background photo`)")
+    for r in plan():
+        d = runs_root / r.name
+        if (d / "eval.json").is_file() and not (d / name).is_file():
+            log(f"{r.name}: evaluating on {data}")
+            subprocess.run([PY, "-m", "kdzoo", "eval", "--model", str(d), "--data", str(data), "--ann",
+                            "annotations/instances_val.json", "--images-dir", "val", "--workers", "0",
+                            "--metrics-out", str(d / name)], check=True, stdout=subprocess.DEVNULL)
+    return name
+
+
+def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: str = "eval.json") -> dict:
+    """The rows of the runs under ``runs_root``: their final AP from ``eval_name`` (the run's own
+    ``eval.json``, or another dataset's from :func:`transfer_evals`) and, from their own val set,
+    their learning curves."""
     runs = plan()
     rows: dict[str, dict[str, dict]] = {}
     for r in runs:
         d = runs_root / r.name
-        if not (d / "eval.json").is_file():
+        if not (d / "eval.json").is_file() or not (d / eval_name).is_file():
             continue
-        ev = json.loads((d / "eval.json").read_text())
+        ev = json.loads((d / eval_name).read_text())
         row = rows.setdefault(r.family, {}).setdefault(r.label, {"recipe": r.recipe, "overrides": r.overrides,
-                                                                  "seeds": [], "AP": [], "AP50": [], "iters": ev["iter"],
+                                                                  "seeds": [], "AP": [], "AP50": [],
+                                                                  "iters": json.loads((d / "eval.json").read_text())["iter"],
                                                                   "curves": {}})
         row["seeds"].append(r.seed)
         row["AP"].append(ev["AP"])
         row["AP50"].append(ev["AP50"])
-        if r.curve:
+        if r.curve and eval_name == "eval.json":  # the curves are on the training data's own val set
             row["curves"][str(r.seed)] = _curve(d)
         if r.family == "faster_rcnn" and r.teacher:
             kept = _series(d, ("kept_cls", "kept_reg"))
@@ -459,17 +496,24 @@ def main() -> None:
     c.add_argument("--out", default="docs")
     c.add_argument("--tag", default="converged", choices=sorted(INTROS),
                    help="which regime the runs are: names the files and the block of docs/distill_results.md")
+    c.add_argument("--eval-data", help="a COCO-format dataset (another shapes variant) to evaluate the runs' final "
+                                       "models on, instead of their own val set")
     args = ap.parse_args()
     runs_root = (ROOT / args.runs).resolve()
     if args.cmd == "collect":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from _md import replace_block
 
-        rows = collect(runs_root, ROOT / args.out, args.tag)
+        eval_name, where, cmd = "eval.json", "the 200 shapes val images", f"--tag {args.tag} --runs {args.runs}"
+        if args.eval_data:
+            data = (ROOT / args.eval_data).resolve()
+            eval_name = transfer_evals(runs_root, data)
+            where, cmd = f"the val images of `{args.eval_data}`", f"{cmd} --eval-data {args.eval_data}"
+        rows = collect(runs_root, ROOT / args.out, args.tag, eval_name)
         text = table(rows)
         replace_block(ROOT / args.out / "distill_results.md", f"{args.tag}-regime",
-                      f"Produced by `python benchmarks/bench_converged.py collect --tag {args.tag} --runs {args.runs}` "
-                      f"{INTROS[args.tag]} (COCO AP on the 200 shapes val images, in %; mean ± sample std over seeds; "
+                      f"Produced by `python benchmarks/bench_converged.py collect {cmd}` "
+                      f"{INTROS[args.tag]} (COCO AP on {where}, in %; mean ± sample std over seeds; "
                       "Δ: mean of the per-seed differences to the baseline of the same seed, with its 95 % t "
                       "interval).\n\n" + text)
         print(text)

@@ -118,3 +118,36 @@ def test_a_finished_run_of_another_schedule_is_not_reused(bench, tmp_path: Path)
     assert bench.finished(tmp_path, "gfl_student_s0", 10) and not bench.finished(tmp_path, "gfl_crosskd_s0", 10)
     with pytest.raises(SystemExit, match="gfl_student_s0 holds a finished run of 10 iterations, not 480"):
         bench.finished(tmp_path, "gfl_student_s0", 480)
+
+
+def test_collect_on_another_dataset(bench, tmp_path: Path, monkeypatch) -> None:
+    runs, data = tmp_path / "runs", tmp_path / "shapes_photo"
+    with pytest.raises(SystemExit, match="shapes_photo: expected a COCO-format dataset with annotations/instances_val"):
+        bench.transfer_evals(runs, data)
+    (data / "annotations").mkdir(parents=True)
+    (data / "annotations" / "instances_val.json").write_text("{}")
+    for key, own, other in (("gfl_student", [20.0, 22.0], [10.0, 12.0]), ("gfl_crosskd", [25.0, 26.0], [15.0, 18.0])):
+        for seed in (0, 1):
+            d = runs / f"{key}_s{seed}"
+            d.mkdir(parents=True)
+            (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": own[seed], "AP50": 0.0}))
+            (d / "metrics.jsonl").write_text(json.dumps({"iter": 100, "AP": own[seed]}) + "\n")
+            if seed == 0:  # evaluated before: kept, not evaluated again
+                (d / "eval_on_shapes_photo.json").write_text(json.dumps({"AP": other[0], "AP50": 1.0}))
+    calls = []
+
+    def fake_run(cmd, check, stdout):  # stands for `kdzoo eval ... --metrics-out FILE`
+        calls.append(cmd)
+        out = Path(cmd[cmd.index("--metrics-out") + 1])
+        out.write_text(json.dumps({"AP": {"gfl_student_s1": 12.0, "gfl_crosskd_s1": 18.0}[out.parent.name], "AP50": 1.0}))
+
+    monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    name = bench.transfer_evals(runs, data, log=lambda *_: None)
+    assert name == "eval_on_shapes_photo.json"
+    assert sorted(Path(c[c.index("--model") + 1]).name for c in calls) == ["gfl_crosskd_s1", "gfl_student_s1"]
+    assert calls[0][calls[0].index("--data") + 1] == str(data) and "--ann" in calls[0]
+    rows = bench.collect(runs, tmp_path / "docs", "transfer", name)
+    ck = rows["gfl"]["CrossKD"]
+    assert ck["AP"] == [15.0, 18.0] and ck["iters"] == 100 and ck["curves"] == {}  # curves are the own val set's
+    assert ck["paired"][0] == pytest.approx(5.5)  # differences 5 and 6
+    assert (tmp_path / "docs" / "distill_transfer.json").is_file()
