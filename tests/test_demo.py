@@ -168,7 +168,7 @@ def test_browser_upload_and_detect(server: dict[str, Any], tmp_path: Path) -> No
             body = page.locator("body").inner_text()
             assert "000001.png" in body and "astronaut" not in body, "offline, shapes models: no photo examples"
             page.locator("#upload input[type=file]").set_input_files(str(image))
-            page.wait_for_selector("#upload :text('000001.png')", timeout=30_000)
+            page.wait_for_selector("#upload :text('000001.png')", timeout=90_000)
             page.locator("#score-thr input[type=number]").fill("0")
             page.locator("#score-thr input[type=number]").press("Enter")
             page.click("#run-btn")
@@ -194,7 +194,7 @@ def test_docs_screenshot(tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(url, wait_until="networkidle")
             page.get_by_text("000004.png", exact=True).first.click()
-            page.wait_for_function("document.querySelector('#upload').innerText.includes('000004')", timeout=30_000)
+            page.wait_for_function("document.querySelector('#upload').innerText.includes('000004')", timeout=90_000)
             page.click("#run-btn")
             page.wait_for_selector("#status :text('3 of 3 model(s) ran')", timeout=60_000)
             page.wait_for_function("document.querySelectorAll('#results img').length >= 3", timeout=30_000)
