@@ -330,7 +330,7 @@ def transfer_evals(runs_root: Path, data: Path, log=print) -> str:
     file name, for :func:`collect`."""
     name = f"eval_on_{data.name}.json"
     if not (data / "annotations" / "instances_val.json").is_file():
-        raise SystemExit(f"--data {data}: expected a COCO-format dataset with annotations/instances_val.json "
+        raise SystemExit(f"--eval-data {data}: expected a COCO-format dataset with annotations/instances_val.json "
                          "and val/ (e.g. `kdzoo shapes --out data/shapes_photo --background photo`)")
     for r in plan():
         d = runs_root / r.name
