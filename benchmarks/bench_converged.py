@@ -44,10 +44,15 @@ INTROS = {  # where each regime's runs come from
             "output_dir=runs/shapes_long/gfl_{student,crosskd}_sS` (3x the budget, the same 280-iteration teacher, CPU)",
     "strong": "from the same 600-iteration GFL runs with a stronger teacher: the teacher recipe at `schedule.iters=560` "
               "(`runs/shapes_long/gfl_teacher_560`), CrossKD from it with `teacher.checkpoint=` that run and "
-              "`output_dir=runs/shapes_long_t560/gfl_crosskd_sS`; the baselines are the 3x rows' (CPU)",
+              "`output_dir=runs/shapes_long_t560/gfl_crosskd_sS` (prediction mimicking and CrossKD+PKD: the "
+              "`gfl_mimic` and `gfl_crosskd_pkd` recipes, the same overrides); the baselines are the 3x rows' (CPU)",
     "x6": "from the short regime's GFL recipes at 6x the budget: `seed=S schedule.iters=1200 eval_interval=300 "
           "output_dir=runs/shapes_1200/gfl_{student,crosskd}_sS`, CrossKD from the 560-iteration teacher "
           "(`teacher.checkpoint=runs/shapes_long/gfl_teacher_560`) (CPU)",
+    "t1200": "from the 3x-budget rows with a teacher trained twice as long as they are: the teacher recipe at "
+             "`schedule.iters=1200 eval_interval=300 output_dir=runs/shapes_t1200/gfl_teacher_1200`, CrossKD from it "
+             "with `seed=S schedule.iters=600 eval_interval=150 teacher.checkpoint=` that run and "
+             "`output_dir=runs/shapes_t1200_600/gfl_crosskd_sS`; the baselines are the 3x rows' (CPU)",
     "photo3x": "from the same photo-background runs at 3x the budget: the student and CrossKD recipes with "
                "`schedule.iters=600 eval_interval=150 seed=S output_dir=runs/shapes_photo_600/gfl_{student,crosskd}_sS`, "
                "CrossKD from the same 25.0-AP photo teacher (CPU)",
