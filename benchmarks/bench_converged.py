@@ -365,8 +365,10 @@ def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: s
         row["seeds"].append(r.seed)
         row["AP"].append(ev["AP"])
         row["AP50"].append(ev["AP50"])
-        if r.curve and eval_name == "eval.json":  # the curves are on the training data's own val set
-            row["curves"][str(r.seed)] = _curve(d)
+        if eval_name == "eval.json":  # the curves are on the training data's own val set
+            curve = _curve(d)
+            if r.curve or len(curve) > 1:  # planned as a curve, or evaluated along the way anyway
+                row["curves"][str(r.seed)] = curve
         if r.family == "faster_rcnn" and r.teacher:
             kept = _series(d, ("kept_cls", "kept_reg"))
             if kept["kept_cls"]:
@@ -410,7 +412,38 @@ def table(rows: dict) -> str:
             per = ", ".join(f"{v:.1f}" for v in r["AP"])
             lines.append(f"| {label} | {m:.1f} ± {s:.1f} | {delta} | {statistics.mean(r['AP50']):.1f} | {per} | {r['iters']} |")
         lines.append("")
+        lines += along(fam)
     return "\n".join(lines)
+
+
+def along(fam: dict) -> list[str]:
+    """The paired gain along the way, one table per distilled row evaluated during training: at every
+    iteration where it and the student baseline were both evaluated for the same seeds, their mean AP
+    and the mean per-seed difference with its 95 % t interval (does distillation make training
+    faster, better at the end, or both)."""
+    base = fam.get("student baseline")
+    if not base or not base["curves"]:
+        return []
+    lines = []
+    for label, r in fam.items():
+        seeds = sorted(set(r["curves"]) & set(base["curves"]), key=int)
+        if label in ("teacher", "student baseline") or not seeds:
+            continue
+        a = {sd: dict(r["curves"][sd]) for sd in seeds}  # iteration -> AP
+        b = {sd: dict(base["curves"][sd]) for sd in seeds}
+        iters = sorted(set.intersection(*(set(a[sd]) & set(b[sd]) for sd in seeds)))
+        if not iters:
+            continue
+        lines += [f"{label} against the baseline along the way (seeds {', '.join(seeds)}; Δ paired per seed, "
+                  "95 % interval):", "", f"| iteration | baseline | {label} | Δ | per seed |", "|---|---|---|---|---|"]
+        for it in iters:
+            av, bv = [a[sd][it] for sd in seeds], [b[sd][it] for sd in seeds]
+            d, lo, hi = paired(av, bv)
+            delta = f"{d:+.1f}" if math.isnan(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+            per = ", ".join(f"{x - y:+.1f}" for x, y in zip(av, bv))
+            lines.append(f"| {it} | {statistics.mean(bv):.1f} | {statistics.mean(av):.1f} | {delta} | {per} |")
+        lines.append("")
+    return lines
 
 
 def _plot_curves(rows: dict, path: Path) -> None:

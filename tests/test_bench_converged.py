@@ -94,7 +94,7 @@ def test_pack_keeps_results_not_checkpoints(bench, tmp_path: Path) -> None:
 
 def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    aps = {"gfl_student": [20.0, 22.0, 21.0], "gfl_crosskd": [23.0, 24.0, 25.0]}
+    aps = {"gfl_student": [20.0, 22.0, 21.0], "gfl_crosskd": [23.0, 24.0, 25.0], "gfl_mimic": [21.0]}
     for key, values in aps.items():
         for seed, ap in enumerate(values):
             d = runs / f"{key}_s{seed}"
@@ -109,6 +109,13 @@ def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     assert d == pytest.approx(3.0) and hi - d == pytest.approx(4.303 * 1.0 / math.sqrt(3))
     text = bench.table(rows)
     assert "| CrossKD | 24.0 ± 1.0 | +3.0 [+0.5, +5.5] | 48.0 | 23.0, 24.0, 25.0 | 100 |" in text
+    # along the way: at iteration 50 the differences are 1.5, 1.0, 2.0 (sd 0.5, half-width 4.303 * 0.5 / sqrt 3)
+    assert "CrossKD against the baseline along the way (seeds 0, 1, 2;" in text
+    assert "| 50 | 10.5 | 12.0 | +1.5 [+0.3, +2.7] | +1.5, +1.0, +2.0 |" in text
+    assert "| 100 | 21.0 | 24.0 | +3.0 [+0.5, +5.5] | +3.0, +2.0, +4.0 |" in text
+    # a row not planned as a curve but evaluated along the way gets its curve and table; one seed, no interval
+    assert rows["gfl"]["prediction mimicking"]["curves"]["0"] == [(50, 10.5), (100, 21.0)]
+    assert "| 50 | 10.0 | 10.5 | +0.5 | +0.5 |" in text
     assert (tmp_path / "docs" / "distill_curves.png").stat().st_size > 10_000
 
 
