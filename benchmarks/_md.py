@@ -20,3 +20,14 @@ def replace_block(path: Path, name: str, body: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def block_head(path: Path, name: str) -> str | None:
+    """The first paragraph of the block ``name`` in ``path`` (where its numbers came from), or None
+    when the page has no such block."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.is_file() else ""
+    if begin not in text or end not in text:
+        return None
+    body = text.split(begin, 1)[1].split(end, 1)[0].strip()
+    return body.split("\n\n", 1)[0] if body else None

@@ -53,6 +53,10 @@ INTROS = {  # where each regime's runs come from
              "`schedule.iters=1200 eval_interval=300 output_dir=runs/shapes_t1200/gfl_teacher_1200`, CrossKD from it "
              "with `seed=S schedule.iters=600 eval_interval=150 teacher.checkpoint=` that run and "
              "`output_dir=runs/shapes_t1200_600/gfl_crosskd_sS`; the baselines are the 3x rows' (CPU)",
+    "frcnn3x": "from the short regime's Faster R-CNN recipes at 3x the budget: the teacher recipe at `schedule.iters=800 "
+               "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
+               "budget), the student and TADF recipes with `seed=S schedule.iters=600 eval_interval=150 "
+               "output_dir=runs/shapes_frcnn_600/faster_rcnn_{student,tadf}_sS`, TADF from that teacher (CPU)",
     "photo3x": "from the same photo-background runs at 3x the budget: the student and CrossKD recipes with "
                "`schedule.iters=600 eval_interval=150 seed=S output_dir=runs/shapes_photo_600/gfl_{student,crosskd}_sS`, "
                "CrossKD from the same 25.0-AP photo teacher (CPU)",
@@ -536,12 +540,27 @@ def main() -> None:
                    help="which regime the runs are: names the files and the block of docs/distill_results.md")
     c.add_argument("--eval-data", help="a COCO-format dataset (another shapes variant) to evaluate the runs' final "
                                        "models on, instead of their own val set")
+    r = sub.add_parser("render", help="rewrite a regime's tables in docs/distill_results.md from its saved "
+                                      "docs/distill_<tag>.json, without the runs (the block's first paragraph, "
+                                      "where the runs came from, and the plots are kept)")
+    r.add_argument("--out", default="docs")
+    r.add_argument("--tag", required=True, choices=sorted(INTROS))
     args = ap.parse_args()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _md import block_head, replace_block
+
+    if args.cmd == "render":
+        page, saved = ROOT / args.out / "distill_results.md", ROOT / args.out / f"distill_{args.tag}.json"
+        head = block_head(page, f"{args.tag}-regime")
+        if not saved.is_file() or head is None:
+            raise SystemExit(f"render --tag {args.tag}: expected {saved} and a block <!-- {args.tag}-regime:begin --> "
+                             f"in {page}; run `collect --tag {args.tag}` on the runs first")
+        text = table(json.loads(saved.read_text()))
+        replace_block(page, f"{args.tag}-regime", head + "\n\n" + text)
+        print(text)
+        return
     runs_root = (ROOT / args.runs).resolve()
     if args.cmd == "collect":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _md import replace_block
-
         eval_name, where, cmd = "eval.json", "the 200 shapes val images", f"--tag {args.tag} --runs {args.runs}"
         if args.eval_data:
             data = (ROOT / args.eval_data).resolve()

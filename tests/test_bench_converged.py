@@ -158,3 +158,29 @@ def test_collect_on_another_dataset(bench, tmp_path: Path, monkeypatch) -> None:
     assert ck["AP"] == [15.0, 18.0] and ck["iters"] == 100 and ck["curves"] == {}  # curves are the own val set's
     assert ck["paired"][0] == pytest.approx(5.5)  # differences 5 and 6
     assert (tmp_path / "docs" / "distill_transfer.json").is_file()
+
+
+def test_render_rewrites_a_block_from_the_saved_json(bench, tmp_path: Path) -> None:
+    import subprocess
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    rows = {"gfl": {"student baseline": {"seeds": [0, 1], "AP": [10.0, 12.0], "AP50": [20.0, 24.0], "iters": 100,
+                                         "curves": {"0": [[50, 4.0], [100, 10.0]], "1": [[50, 5.0], [100, 12.0]]}},
+                    "CrossKD": {"seeds": [0, 1], "AP": [13.0, 16.0], "AP50": [26.0, 30.0], "iters": 100,
+                                "curves": {"0": [[50, 7.0], [100, 13.0]], "1": [[50, 9.0], [100, 16.0]]},
+                                "paired": [3.5, -2.85, 9.85]}}}
+    (docs / "distill_long.json").write_text(json.dumps(rows))
+    page = docs / "distill_results.md"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_converged.py"), "render", "--tag", "long", "--out", str(docs)]
+    page.write_text("# page\n\nno block yet\n")
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "expected" in res.stderr and "<!-- long-regime:begin -->" in res.stderr
+    page.write_text("# page\n\n<!-- long-regime:begin -->\nProduced by hand-kept line.\n\n| old table |\n"
+                    "<!-- long-regime:end -->\n\nprose after\n")
+    subprocess.run(cmd, check=True, capture_output=True)
+    text = page.read_text()
+    assert "Produced by hand-kept line.\n\n### gfl (CrossKD)" in text and "| old table |" not in text
+    assert "| CrossKD | 14.5 ± 2.1 | +3.5 [-2.9, +9.8] | 28.0 | 13.0, 16.0 | 100 |" in text
+    assert "| 50 | 4.5 | 8.0 | +3.5 [-2.9, +9.9] | +3.0, +4.0 |" in text  # 12.706 * 0.707 / sqrt 2 = 6.35
+    assert text.endswith("<!-- long-regime:end -->\n\nprose after\n")
