@@ -4,6 +4,7 @@
     python benchmarks/bench_converged.py train --student-iters 1500 --teacher-iters 1900 [--jobs 32]
     python benchmarks/bench_converged.py train --calibrate --budget 420      # pick the iterations
     python benchmarks/bench_converged.py collect [--runs runs/shapes_converged] [--out docs]
+    python benchmarks/bench_converged.py render --tag x6                  # tables again, from docs/distill_x6.json
 
 ``train`` runs every row as its own ``kdzoo train`` process (one CPU thread each), as many at a time
 as ``--jobs``: the two teachers and the six baselines first, each distilled row as soon as its
@@ -15,7 +16,10 @@ evaluations, recipes, configs and logs) there every minute and at the end.
 
 ``collect`` writes docs/distill_converged.json, the learning curves (docs/distill_curves.png), TADF's
 kept shares over training (docs/tadf_kept.png) and the converged section of docs/distill_results.md:
-mean, spread, and the per-seed paired difference to the baseline with its 95 % t interval.
+mean, spread, and the per-seed paired difference to the baseline with its 95 % t interval, at the end
+and, for every row evaluated during training, at each evaluation (faster to train, or better at the
+end). ``--tag`` names a CPU regime instead (the files get ``_<tag>``, the page's block ``<tag>-regime``);
+``render --tag`` rewrites that block's tables from the saved JSON when the runs are gone.
 ``collect --eval-data DIR`` scores the same runs' final models on another dataset's val split instead
 (``kdzoo eval``, kept as ``eval_on_<name>.json`` in each run), e.g. the photo-background shapes.
 """
