@@ -442,8 +442,9 @@ def along(fam: dict) -> list[str]:
         iters = sorted(set.intersection(*(set(a[sd]) & set(b[sd]) for sd in seeds)))
         if not iters:
             continue
-        lines += [f"{label} against the baseline along the way (seeds {', '.join(seeds)}; Δ paired per seed, "
-                  "95 % interval):", "", f"| iteration | baseline | {label} | Δ | per seed |", "|---|---|---|---|---|"]
+        how = (f"seeds {', '.join(seeds)}; Δ paired per seed, 95 % interval" if len(seeds) > 1
+               else f"seed {seeds[0]} only, no interval")
+        lines += [f"{label} against the baseline along the way ({how}):", "", f"| iteration | baseline | {label} | Δ | per seed |", "|---|---|---|---|---|"]
         for it in iters:
             av, bv = [a[sd][it] for sd in seeds], [b[sd][it] for sd in seeds]
             d, lo, hi = paired(av, bv)

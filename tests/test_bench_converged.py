@@ -115,6 +115,7 @@ def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     assert "| 100 | 21.0 | 24.0 | +3.0 [+0.5, +5.5] | +3.0, +2.0, +4.0 |" in text
     # a row not planned as a curve but evaluated along the way gets its curve and table; one seed, no interval
     assert rows["gfl"]["prediction mimicking"]["curves"]["0"] == [(50, 10.5), (100, 21.0)]
+    assert "prediction mimicking against the baseline along the way (seed 0 only, no interval):" in text
     assert "| 50 | 10.0 | 10.5 | +0.5 | +0.5 |" in text
     assert (tmp_path / "docs" / "distill_curves.png").stat().st_size > 10_000
 
