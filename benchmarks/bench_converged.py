@@ -60,7 +60,12 @@ INTROS = {  # where each regime's runs come from
     "frcnn3x": "from the short regime's Faster R-CNN recipes at 3x the budget: the teacher recipe at `schedule.iters=800 "
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
                "budget), the student and TADF recipes with `seed=S schedule.iters=600 eval_interval=150 "
-               "output_dir=runs/shapes_frcnn_600/faster_rcnn_{student,tadf}_sS`, TADF from that teacher (CPU)",
+               "output_dir=runs/shapes_frcnn_600/faster_rcnn_{student,tadf}_sS`, TADF from that teacher (each term "
+               "alone: `distill.options.terms=[feat]` or `[cls]`, `output_dir=.../faster_rcnn_tadf_{feat,cls}_sS`) (CPU)",
+    "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
+                  "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
+                  "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
+                  "feature only: `distill.options.terms=[feat]`) (CPU)",
     "photo3x": "from the same photo-background runs at 3x the budget: the student and CrossKD recipes with "
                "`schedule.iters=600 eval_interval=150 seed=S output_dir=runs/shapes_photo_600/gfl_{student,crosskd}_sS`, "
                "CrossKD from the same 25.0-AP photo teacher (CPU)",
