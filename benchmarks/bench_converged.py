@@ -61,7 +61,7 @@ INTROS = {  # where each regime's runs come from
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
                "budget), the student and TADF recipes with `seed=S schedule.iters=600 eval_interval=150 "
                "output_dir=runs/shapes_frcnn_600/faster_rcnn_{student,tadf}_sS`, TADF from that teacher (each term "
-               "alone: `distill.options.terms=[feat]` or `[cls]`, `output_dir=.../faster_rcnn_tadf_{feat,cls}_sS`) (CPU)",
+               "alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, `output_dir=.../faster_rcnn_tadf_{feat,cls,reg}_sS`) (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
