@@ -3,6 +3,7 @@
 
     python benchmarks/bench_converged.py train --student-iters 1500 --teacher-iters 1900 [--jobs 32]
     python benchmarks/bench_converged.py train --calibrate --budget 420      # pick the iterations
+    python benchmarks/bench_converged.py train ... --ablations               # + TADF no decay / not adaptive
     python benchmarks/bench_converged.py collect [--runs runs/shapes_converged] [--out docs]
     python benchmarks/bench_converged.py render --tag x6                  # tables again, from docs/distill_x6.json
 
@@ -61,7 +62,9 @@ INTROS = {  # where each regime's runs come from
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
                "budget), the student and TADF recipes with `seed=S schedule.iters=600 eval_interval=150 "
                "output_dir=runs/shapes_frcnn_600/faster_rcnn_{student,tadf}_sS`, TADF from that teacher (each term "
-               "alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, `output_dir=.../faster_rcnn_tadf_{feat,cls,reg}_sS`) (CPU)",
+               "alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, `output_dir=.../faster_rcnn_tadf_{feat,cls,reg}_sS`; "
+               "without the decay: `distill.options.decay=constant`, `.../faster_rcnn_tadf_nodecay_sS`; without the "
+               "teacher-wins rule: `distill.options.adaptive=false`, `.../faster_rcnn_tadf_notadaptive_sS`) (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
@@ -97,8 +100,10 @@ class Run:
         return [self.teacher] if self.teacher else []
 
 
-def plan() -> list[Run]:
-    """Every run of the benchmark, in the order they are started."""
+def plan(ablations: bool = False) -> list[Run]:
+    """Every run of the benchmark, in the order they are started; ``ablations`` adds TADF without
+    its decay and without the teacher-wins rule for every seed (``train --ablations``; ``collect``
+    always reads them where they exist)."""
     runs = [Run("gfl_teacher", "gfl", "teacher", REC + "gfl_teacher.yaml", kind="teacher", curve=True),
             Run("faster_rcnn_teacher", "faster_rcnn", "teacher", REC + "faster_rcnn_teacher.yaml", kind="teacher",
                 curve=True)]
@@ -110,6 +115,9 @@ def plan() -> list[Run]:
     tadf = [("tadf", "TADF all", [], True), ("tadf_feat", "TADF feature only", ["distill.options.terms=[feat]"], False),
             ("tadf_cls", "TADF classification only", ["distill.options.terms=[cls]"], False),
             ("tadf_reg", "TADF regression only", ["distill.options.terms=[reg]"], False)]
+    if ablations:  # the labels of the short regime's table (benchmarks/bench_distill.py)
+        tadf += [("tadf_nodecay", "TADF all, no decay", ["distill.options.decay=constant"], False),
+                 ("tadf_notadaptive", "TADF all, not adaptive", ["distill.options.adaptive=false"], False)]
     for s in SEEDS:
         for key, label, curve in gfl:
             runs.append(Run(f"gfl_{key}_s{s}", "gfl", label, REC + f"gfl_{key}.yaml", seed=s, teacher="gfl_teacher",
@@ -350,7 +358,7 @@ def transfer_evals(runs_root: Path, data: Path, log=print) -> str:
     if not (data / "annotations" / "instances_val.json").is_file():
         raise SystemExit(f"--eval-data {data}: expected a COCO-format dataset with annotations/instances_val.json "
                          "and val/ (e.g. `kdzoo shapes --out data/shapes_photo --background photo`)")
-    for r in plan():
+    for r in plan(ablations=True):
         d = runs_root / r.name
         if (d / "eval.json").is_file() and not (d / name).is_file():
             log(f"{r.name}: evaluating on {data}")
@@ -364,7 +372,7 @@ def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: s
     """The rows of the runs under ``runs_root``: their final AP from ``eval_name`` (the run's own
     ``eval.json``, or another dataset's from :func:`transfer_evals`) and, from their own val set,
     their learning curves."""
-    runs = plan()
+    runs = plan(ablations=True)
     rows: dict[str, dict[str, dict]] = {}
     for r in runs:
         d = runs_root / r.name
@@ -543,6 +551,8 @@ def main() -> None:
     t.add_argument("--deadline", type=float, help="seconds from now after which running runs are stopped")
     t.add_argument("--pack", help="folder for results.tar.gz, refreshed every minute")
     t.add_argument("--only", nargs="*", help="run names to train (default: all)")
+    t.add_argument("--ablations", action="store_true",
+                   help="also TADF without decay and without the teacher-wins rule, every seed (6 more runs)")
     c = sub.add_parser("collect")
     c.add_argument("--runs", default="runs/shapes_converged")
     c.add_argument("--out", default="docs")
@@ -587,7 +597,7 @@ def main() -> None:
         return
     start = time.time()
     log = lambda msg: print(f"[{time.time() - start:6.0f} s] {msg}", flush=True)  # noqa: E731
-    runs = plan()
+    runs = plan(args.ablations)
     if args.only:
         runs = [r for r in runs if r.name in set(args.only)]
     if args.calibrate:

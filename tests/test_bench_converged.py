@@ -38,6 +38,19 @@ def test_plan_rows_seeds_and_teachers(bench) -> None:
     assert ("gfl", "CrossKD+PKD") in labels and ("faster_rcnn", "TADF regression only") in labels
 
 
+def test_plan_ablations_add_tadf_rows_for_every_seed(bench, tmp_path: Path) -> None:
+    base = {r.name for r in bench.plan()}
+    extra = [r for r in bench.plan(ablations=True) if r.name not in base]
+    assert sorted(r.name for r in extra) == [f"faster_rcnn_tadf_{k}_s{s}" for k in ("nodecay", "notadaptive")
+                                             for s in bench.SEEDS]
+    for r in extra:  # distilled from the Faster R-CNN teacher, with overrides the recipe accepts
+        assert r.teacher == "faster_rcnn_teacher" and r.label in ("TADF all, no decay", "TADF all, not adaptive")
+        cmd = bench.command(r, tmp_path, iters=100, evals=4)
+        rec = load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a])
+        assert (rec.distill.options["decay"], rec.distill.options["adaptive"]) == (
+            ("constant", True) if "nodecay" in r.name else ("linear", False))
+
+
 def test_converged_recipes_share_the_student_schedule(bench) -> None:
     student = load_recipe(ROOT / bench.REC / "gfl_student.yaml")
     crosskd = load_recipe(ROOT / bench.REC / "gfl_crosskd.yaml")
@@ -94,7 +107,8 @@ def test_pack_keeps_results_not_checkpoints(bench, tmp_path: Path) -> None:
 
 def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    aps = {"gfl_student": [20.0, 22.0, 21.0], "gfl_crosskd": [23.0, 24.0, 25.0], "gfl_mimic": [21.0]}
+    aps = {"gfl_student": [20.0, 22.0, 21.0], "gfl_crosskd": [23.0, 24.0, 25.0], "gfl_mimic": [21.0],
+           "faster_rcnn_student": [10.0, 11.0], "faster_rcnn_tadf_nodecay": [12.0, 14.0]}
     for key, values in aps.items():
         for seed, ap in enumerate(values):
             d = runs / f"{key}_s{seed}"
@@ -118,6 +132,8 @@ def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     assert "prediction mimicking against the baseline along the way (seed 0 only, no interval):" in text
     assert "| 50 | 10.0 | 10.5 | +0.5 | +0.5 |" in text
     assert (tmp_path / "docs" / "distill_curves.png").stat().st_size > 10_000
+    # an ablation row (not in the default training plan) is read where its runs exist: differences 2, 3
+    assert rows["faster_rcnn"]["TADF all, no decay"]["paired"][0] == pytest.approx(2.5)
 
 
 def test_a_finished_run_of_another_schedule_is_not_reused(bench, tmp_path: Path) -> None:
