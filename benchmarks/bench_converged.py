@@ -3,7 +3,7 @@
 
     python benchmarks/bench_converged.py train --student-iters 1500 --teacher-iters 1900 [--jobs 32]
     python benchmarks/bench_converged.py train --calibrate --budget 420      # pick the iterations
-    python benchmarks/bench_converged.py train ... --ablations               # + TADF no decay / not adaptive
+    python benchmarks/bench_converged.py train ... --ablations               # + TADF ablations, every seed
     python benchmarks/bench_converged.py collect [--runs runs/shapes_converged] [--out docs]
     python benchmarks/bench_converged.py render --tag x6                  # tables again, from docs/distill_x6.json
 
@@ -64,7 +64,9 @@ INTROS = {  # where each regime's runs come from
                "output_dir=runs/shapes_frcnn_600/faster_rcnn_{student,tadf}_sS`, TADF from that teacher (each term "
                "alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, `output_dir=.../faster_rcnn_tadf_{feat,cls,reg}_sS`; "
                "without the decay: `distill.options.decay=constant`, `.../faster_rcnn_tadf_nodecay_sS`; without the "
-               "teacher-wins rule: `distill.options.adaptive=false`, `.../faster_rcnn_tadf_notadaptive_sS`) (CPU)",
+               "teacher-wins rule: `distill.options.adaptive=false`, `.../faster_rcnn_tadf_notadaptive_sS`; the sweep's "
+               "rows with `eval_interval=0`, `distill.options.loss_feat_weight=0.25` or `4.0`, `distill.options.sigma_ratio=0.1` "
+               "or `0.5`, `output_dir=.../faster_rcnn_sweep_{feat_w0.25,feat_w4,sigma0.1,sigma0.5}_sS`) (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
@@ -102,8 +104,8 @@ class Run:
 
 def plan(ablations: bool = False) -> list[Run]:
     """Every run of the benchmark, in the order they are started; ``ablations`` adds TADF without
-    its decay and without the teacher-wins rule for every seed (``train --ablations``; ``collect``
-    always reads them where they exist)."""
+    its decay and without the teacher-wins rule, and the sweep's rows, for every seed (``train
+    --ablations``; ``collect`` always reads them where they exist)."""
     runs = [Run("gfl_teacher", "gfl", "teacher", REC + "gfl_teacher.yaml", kind="teacher", curve=True),
             Run("faster_rcnn_teacher", "faster_rcnn", "teacher", REC + "faster_rcnn_teacher.yaml", kind="teacher",
                 curve=True)]
@@ -125,13 +127,15 @@ def plan(ablations: bool = False) -> list[Run]:
         for key, label, ov, curve in tadf:
             runs.append(Run(f"faster_rcnn_{key}_s{s}", "faster_rcnn", label, REC + "faster_rcnn_tadf.yaml", ov, seed=s,
                             teacher="faster_rcnn_teacher", kind="distill", curve=curve))
-    # The TADF sweep (seed 0): the feature term's weight and Gaussian, and the decay, one at a time.
+    # The TADF sweep (seed 0; every seed with ``ablations``): the feature term's weight and Gaussian,
+    # and the decay, one at a time.
     sweep = [("feat_w0.25", ["distill.options.loss_feat_weight=0.25"]), ("feat_w4", ["distill.options.loss_feat_weight=4.0"]),
              ("sigma0.1", ["distill.options.sigma_ratio=0.1"]), ("sigma0.5", ["distill.options.sigma_ratio=0.5"]),
              ("decay_constant", ["distill.options.decay=constant"]), ("decay_cosine", ["distill.options.decay=cosine"])]
-    for key, ov in sweep:
-        runs.append(Run(f"faster_rcnn_sweep_{key}_s0", "faster_rcnn", f"TADF all, {' '.join(o.split('.')[-1] for o in ov)}",
-                        REC + "faster_rcnn_tadf.yaml", ov, seed=0, teacher="faster_rcnn_teacher", kind="distill"))
+    for s in SEEDS if ablations else (0,):
+        for key, ov in sweep:
+            runs.append(Run(f"faster_rcnn_sweep_{key}_s{s}", "faster_rcnn", f"TADF all, {' '.join(o.split('.')[-1] for o in ov)}",
+                            REC + "faster_rcnn_tadf.yaml", ov, seed=s, teacher="faster_rcnn_teacher", kind="distill"))
     return runs
 
 
@@ -552,7 +556,8 @@ def main() -> None:
     t.add_argument("--pack", help="folder for results.tar.gz, refreshed every minute")
     t.add_argument("--only", nargs="*", help="run names to train (default: all)")
     t.add_argument("--ablations", action="store_true",
-                   help="also TADF without decay and without the teacher-wins rule, every seed (6 more runs)")
+                   help="also TADF without decay and without the teacher-wins rule, and the sweep, for every seed "
+                        "(18 more runs)")
     c = sub.add_parser("collect")
     c.add_argument("--runs", default="runs/shapes_converged")
     c.add_argument("--out", default="docs")

@@ -41,14 +41,21 @@ def test_plan_rows_seeds_and_teachers(bench) -> None:
 def test_plan_ablations_add_tadf_rows_for_every_seed(bench, tmp_path: Path) -> None:
     base = {r.name for r in bench.plan()}
     extra = [r for r in bench.plan(ablations=True) if r.name not in base]
-    assert sorted(r.name for r in extra) == [f"faster_rcnn_tadf_{k}_s{s}" for k in ("nodecay", "notadaptive")
+    rules = [r for r in extra if "sweep" not in r.name]
+    assert sorted(r.name for r in rules) == [f"faster_rcnn_tadf_{k}_s{s}" for k in ("nodecay", "notadaptive")
                                              for s in bench.SEEDS]
-    for r in extra:  # distilled from the Faster R-CNN teacher, with overrides the recipe accepts
+    for r in rules:  # distilled from the Faster R-CNN teacher, with overrides the recipe accepts
         assert r.teacher == "faster_rcnn_teacher" and r.label in ("TADF all, no decay", "TADF all, not adaptive")
         cmd = bench.command(r, tmp_path, iters=100, evals=4)
         rec = load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a])
         assert (rec.distill.options["decay"], rec.distill.options["adaptive"]) == (
             ("constant", True) if "nodecay" in r.name else ("linear", False))
+    # the seed-0 sweep gains seeds 1 and 2, with the same rows
+    sweep0 = {r.name.removesuffix("_s0"): r.label for r in bench.plan() if "sweep" in r.name}
+    assert len(sweep0) == 6
+    for s in (1, 2):
+        assert {r.name.removesuffix(f"_s{s}"): r.label for r in extra if "sweep" in r.name and r.seed == s} == sweep0
+    assert len(extra) == 6 + 12
 
 
 def test_converged_recipes_share_the_student_schedule(bench) -> None:
