@@ -50,12 +50,19 @@ def test_plan_ablations_add_tadf_rows_for_every_seed(bench, tmp_path: Path) -> N
         rec = load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a])
         assert (rec.distill.options["decay"], rec.distill.options["adaptive"]) == (
             ("constant", True) if "nodecay" in r.name else ("linear", False))
-    # the seed-0 sweep gains seeds 1 and 2, with the same rows
+    # the seed-0 sweep gains seeds 1 and 2, without its constant-decay row (the "no decay" row's runs)
     sweep0 = {r.name.removesuffix("_s0"): r.label for r in bench.plan() if "sweep" in r.name}
-    assert len(sweep0) == 6
-    for s in (1, 2):
-        assert {r.name.removesuffix(f"_s{s}"): r.label for r in extra if "sweep" in r.name and r.seed == s} == sweep0
-    assert len(extra) == 6 + 12
+    assert sweep0["faster_rcnn_sweep_feat_w0.25"] == "TADF all, feature weight 0.25" and len(sweep0) == 6
+    del sweep0["faster_rcnn_sweep_decay_constant"]
+    for s in (0, 1, 2):
+        assert {r.name.removesuffix(f"_s{s}"): r.label for r in bench.plan(ablations=True)
+                if "sweep" in r.name and r.seed == s} == sweep0
+    assert len(extra) == 6 + 10
+    for r in extra:  # every override is a key the TADF recipe accepts, with the value asked for
+        cmd = bench.command(r, tmp_path, iters=100, evals=4)
+        rec = load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a])
+        key, value = r.overrides[0].removeprefix("distill.options.").split("=")
+        assert str(rec.distill.options[key]).lower() == value.lower() or float(rec.distill.options[key]) == float(value)
 
 
 def test_converged_recipes_share_the_student_schedule(bench) -> None:
