@@ -64,7 +64,9 @@ INTROS = {  # where each regime's runs come from
                "output_dir=runs/shapes_frcnn_600/faster_rcnn_{student,tadf}_sS`, TADF from that teacher (each term "
                "alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, `output_dir=.../faster_rcnn_tadf_{feat,cls,reg}_sS`; "
                "without the decay: `distill.options.decay=constant`, `.../faster_rcnn_tadf_nodecay_sS`; without the "
-               "teacher-wins rule: `distill.options.adaptive=false`, `.../faster_rcnn_tadf_notadaptive_sS`; the sweep's "
+               "teacher-wins rule: `distill.options.adaptive=false`, `.../faster_rcnn_tadf_notadaptive_sS`; both: "
+               "`distill.options.loss_feat_weight=4.0 distill.options.decay=constant eval_interval=0`, "
+               "`.../faster_rcnn_tadf_w4_nodecay_sS`; the sweep's "
                "rows with `eval_interval=0`, `distill.options.loss_feat_weight=0.25` or `4.0`, `distill.options.sigma_ratio=0.1` "
                "or `0.5`, `output_dir=.../faster_rcnn_sweep_{feat_w0.25,feat_w4,sigma0.1,sigma0.5}_sS`) (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
@@ -104,8 +106,8 @@ class Run:
 
 def plan(ablations: bool = False) -> list[Run]:
     """Every run of the benchmark, in the order they are started; ``ablations`` adds TADF without
-    its decay and without the teacher-wins rule, and the sweep's rows, for every seed (``train
-    --ablations``; ``collect`` always reads them where they exist)."""
+    its decay, without the teacher-wins rule, with the feature weight 4 and no decay, and the sweep's
+    rows, for every seed (``train --ablations``; ``collect`` always reads them where they exist)."""
     runs = [Run("gfl_teacher", "gfl", "teacher", REC + "gfl_teacher.yaml", kind="teacher", curve=True),
             Run("faster_rcnn_teacher", "faster_rcnn", "teacher", REC + "faster_rcnn_teacher.yaml", kind="teacher",
                 curve=True)]
@@ -119,7 +121,9 @@ def plan(ablations: bool = False) -> list[Run]:
             ("tadf_reg", "TADF regression only", ["distill.options.terms=[reg]"], False)]
     if ablations:  # the labels of the short regime's table (benchmarks/bench_distill.py)
         tadf += [("tadf_nodecay", "TADF all, no decay", ["distill.options.decay=constant"], False),
-                 ("tadf_notadaptive", "TADF all, not adaptive", ["distill.options.adaptive=false"], False)]
+                 ("tadf_notadaptive", "TADF all, not adaptive", ["distill.options.adaptive=false"], False),
+                 ("tadf_w4_nodecay", "TADF all, feature weight 4, no decay",
+                  ["distill.options.loss_feat_weight=4.0", "distill.options.decay=constant"], False)]
     for s in SEEDS:
         for key, label, curve in gfl:
             runs.append(Run(f"gfl_{key}_s{s}", "gfl", label, REC + f"gfl_{key}.yaml", seed=s, teacher="gfl_teacher",
@@ -559,8 +563,8 @@ def main() -> None:
     t.add_argument("--pack", help="folder for results.tar.gz, refreshed every minute")
     t.add_argument("--only", nargs="*", help="run names to train (default: all)")
     t.add_argument("--ablations", action="store_true",
-                   help="also TADF without decay and without the teacher-wins rule, and the sweep, for every seed "
-                        "(16 more runs)")
+                   help="also TADF without decay, without the teacher-wins rule, with feature weight 4 and no decay, "
+                        "and the sweep, for every seed (19 more runs)")
     c = sub.add_parser("collect")
     c.add_argument("--runs", default="runs/shapes_converged")
     c.add_argument("--out", default="docs")
