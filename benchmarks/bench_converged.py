@@ -146,6 +146,13 @@ def plan(ablations: bool = False) -> list[Run]:
     return runs
 
 
+def every_run() -> list[Run]:
+    """The runs ``collect`` looks for: the default plan's and the ablations' (without doubles)."""
+    out = {r.name: r for r in plan()}
+    out.update({r.name: r for r in plan(ablations=True) if r.name not in out})
+    return list(out.values())
+
+
 # ----------------------------------------------------------------------------------------------- train
 def command(run: Run, runs_root: Path, iters: int, evals: int) -> list[str]:
     out = runs_root / run.name
@@ -369,7 +376,7 @@ def transfer_evals(runs_root: Path, data: Path, log=print) -> str:
     if not (data / "annotations" / "instances_val.json").is_file():
         raise SystemExit(f"--eval-data {data}: expected a COCO-format dataset with annotations/instances_val.json "
                          "and val/ (e.g. `kdzoo shapes --out data/shapes_photo --background photo`)")
-    for r in plan(ablations=True):
+    for r in every_run():
         d = runs_root / r.name
         if (d / "eval.json").is_file() and not (d / name).is_file():
             log(f"{r.name}: evaluating on {data}")
@@ -383,7 +390,7 @@ def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: s
     """The rows of the runs under ``runs_root``: their final AP from ``eval_name`` (the run's own
     ``eval.json``, or another dataset's from :func:`transfer_evals`) and, from their own val set,
     their learning curves."""
-    runs = plan(ablations=True)
+    runs = every_run()
     rows: dict[str, dict[str, dict]] = {}
     for r in runs:
         d = runs_root / r.name

@@ -59,6 +59,8 @@ def test_plan_ablations_add_tadf_rows_for_every_seed(bench, tmp_path: Path) -> N
         assert {r.name.removesuffix(f"_s{s}"): r.label for r in bench.plan(ablations=True)
                 if "sweep" in r.name and r.seed == s} == sweep0
     assert len(extra) == 9 + 10
+    # collect looks for both plans' runs: the default's constant-decay sweep row too
+    assert {r.name for r in bench.every_run()} == base | {r.name for r in extra}
     for r in extra:  # every override is a key the TADF recipe accepts, with the value asked for
         cmd = bench.command(r, tmp_path, iters=100, evals=4)
         rec = load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a])
