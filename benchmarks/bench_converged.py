@@ -58,6 +58,11 @@ INTROS = {  # where each regime's runs come from
              "`schedule.iters=1200 eval_interval=300 output_dir=runs/shapes_t1200/gfl_teacher_1200`, CrossKD from it "
              "with `seed=S schedule.iters=600 eval_interval=150 teacher.checkpoint=` that run and "
              "`output_dir=runs/shapes_t1200_600/gfl_crosskd_sS`; the baselines are the 3x rows' (CPU)",
+    "t1200x6": "from the teacher recipe at `schedule.iters=1200 eval_interval=300 "
+               "output_dir=runs/shapes_t1200/gfl_teacher_1200` and CrossKD from it at 6x the student "
+               "budget: `seed=S schedule.iters=1200 eval_interval=300 teacher.checkpoint=` that run, "
+               "`output_dir=runs/shapes_t1200_1200/gfl_crosskd_sS`; the baselines are the 6x rows' (the same student "
+               "recipe, seeds and schedule, taken from docs/distill_x6.json) (CPU)",
     "frcnn3x": "from the short regime's Faster R-CNN recipes at 3x the budget: the teacher recipe at `schedule.iters=800 "
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
                "budget), the student and TADF recipes with `seed=S schedule.iters=600 eval_interval=150 "
@@ -72,7 +77,9 @@ INTROS = {  # where each regime's runs come from
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
-                  "feature only: `distill.options.terms=[feat]`) (CPU)",
+                  "feature only: `distill.options.terms=[feat]`; feature weight 4 and no decay: "
+                  "`distill.options.loss_feat_weight=4.0 distill.options.decay=constant`, "
+                  "`.../faster_rcnn_tadf_w4_nodecay_sS`) (CPU)",
     "photo3x": "from the same photo-background runs at 3x the budget: the student and CrossKD recipes with "
                "`schedule.iters=600 eval_interval=150 seed=S output_dir=runs/shapes_photo_600/gfl_{student,crosskd}_sS`, "
                "CrossKD from the same 25.0-AP photo teacher (CPU)",
@@ -386,10 +393,34 @@ def transfer_evals(runs_root: Path, data: Path, log=print) -> str:
     return name
 
 
-def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: str = "eval.json") -> dict:
+def reused_rows(rows: dict, reuse: list[tuple[Path, str]]) -> dict:
+    """``rows`` with the rows named in ``reuse`` (a saved ``distill_<tag>.json`` and a row label) added
+    where the runs did not give that row: e.g. the 6x-budget baselines for CrossKD from another teacher,
+    whose run directories are gone. Each family keeps the table's order (teacher, baseline, the rest);
+    a reused row records where it came from."""
+    for path, label in reuse:
+        if not path.is_file():
+            raise SystemExit(f"--reuse {path}: expected a saved collect result (docs/distill_<tag>.json)")
+        saved = json.loads(path.read_text())
+        found = [f for f, fam in saved.items() if label in fam]
+        if not found:
+            have = sorted({lab for fam in saved.values() for lab in fam})
+            raise SystemExit(f"--reuse {path} {label!r}: no such row there (rows: {', '.join(have)})")
+        for f in found:
+            fam = rows.setdefault(f, {})
+            if label not in fam:
+                fam[label] = {**saved[f][label], "reused_from": str(path)}
+                fam[label].pop("paired", None)
+    first = ("teacher", "student baseline")
+    return {f: {**{k: fam[k] for k in first if k in fam}, **{k: v for k, v in fam.items() if k not in first}}
+            for f, fam in rows.items()}
+
+
+def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: str = "eval.json",
+            reuse: list[tuple[Path, str]] = ()) -> dict:
     """The rows of the runs under ``runs_root``: their final AP from ``eval_name`` (the run's own
     ``eval.json``, or another dataset's from :func:`transfer_evals`) and, from their own val set,
-    their learning curves."""
+    their learning curves; ``reuse`` adds saved rows the runs lack (:func:`reused_rows`)."""
     runs = every_run()
     rows: dict[str, dict[str, dict]] = {}
     for r in runs:
@@ -412,6 +443,8 @@ def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: s
             kept = _series(d, ("kept_cls", "kept_reg"))
             if kept["kept_cls"]:
                 row.setdefault("kept", {})[str(r.seed)] = kept
+    if reuse:
+        rows = reused_rows(rows, list(reuse))
     for fam in rows.values():
         base = fam.get("student baseline")
         for label, row in fam.items():
@@ -579,6 +612,9 @@ def main() -> None:
                    help="which regime the runs are: names the files and the block of docs/distill_results.md")
     c.add_argument("--eval-data", help="a COCO-format dataset (another shapes variant) to evaluate the runs' final "
                                        "models on, instead of their own val set")
+    c.add_argument("--reuse", nargs=2, action="append", default=[], metavar=("JSON", "ROW"),
+                   help="take the row ROW (e.g. 'student baseline') from a saved docs/distill_<tag>.json where the "
+                        "runs lack it; repeatable")
     r = sub.add_parser("render", help="rewrite a regime's tables in docs/distill_results.md from its saved "
                                       "docs/distill_<tag>.json, without the runs (the block's first paragraph, "
                                       "where the runs came from, and the plots are kept)")
@@ -605,7 +641,10 @@ def main() -> None:
             data = (ROOT / args.eval_data).resolve()
             eval_name = transfer_evals(runs_root, data)
             where, cmd = f"the val images of `{args.eval_data}`", f"{cmd} --eval-data {args.eval_data}"
-        rows = collect(runs_root, ROOT / args.out, args.tag, eval_name)
+        reuse = [(ROOT / p, label) for p, label in args.reuse]
+        if reuse:
+            cmd += "".join(f" --reuse {p} '{label}'" for p, label in args.reuse)
+        rows = collect(runs_root, ROOT / args.out, args.tag, eval_name, reuse)
         text = table(rows)
         replace_block(ROOT / args.out / "distill_results.md", f"{args.tag}-regime",
                       f"Produced by `python benchmarks/bench_converged.py collect {cmd}` "

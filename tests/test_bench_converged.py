@@ -154,6 +154,31 @@ def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     assert rows["faster_rcnn"]["TADF all, no decay"]["paired"][0] == pytest.approx(2.5)
 
 
+def test_collect_reuses_a_saved_baseline_row(bench, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    for seed, ap in enumerate([30.0, 33.0, 31.0]):
+        d = runs / f"gfl_crosskd_s{seed}"
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": ap, "AP50": 50.0}))
+        (d / "metrics.jsonl").write_text(json.dumps({"iter": 50, "AP": ap / 2}) + "\n"
+                                         + json.dumps({"iter": 100, "AP": ap}) + "\n")
+    saved = tmp_path / "distill_x6.json"
+    base = {"recipe": "r", "overrides": [], "seeds": [0, 1, 2], "AP": [28.0, 29.0, 30.0], "AP50": [40.0] * 3,
+            "iters": 100, "curves": {str(s): [[50, 10.0 + s], [100, 28.0 + s]] for s in range(3)}}
+    saved.write_text(json.dumps({"gfl": {"student baseline": base, "CrossKD": {**base, "AP": [0.0] * 3}}}))
+    rows = bench.collect(runs, tmp_path / "docs", "t1200x6", reuse=[(saved, "student baseline")])
+    assert list(rows["gfl"]) == ["student baseline", "CrossKD"]  # the baseline first; the saved CrossKD not taken
+    assert rows["gfl"]["student baseline"]["reused_from"] == str(saved)
+    assert rows["gfl"]["CrossKD"]["AP"] == [30.0, 33.0, 31.0]
+    assert rows["gfl"]["CrossKD"]["paired"][0] == pytest.approx(7 / 3)  # differences 2, 4, 1
+    # along the way at 50: 15 - 10, 16.5 - 11, 15.5 - 12 = 5, 5.5, 3.5
+    assert "| 50 | 11.0 | 15.7 | +4.7 [" in bench.table(rows)
+    with pytest.raises(SystemExit, match="no such row there \\(rows: CrossKD, student baseline\\)"):
+        bench.collect(runs, tmp_path / "docs", "t1200x6", reuse=[(saved, "teacher")])
+    with pytest.raises(SystemExit, match="expected a saved collect result"):
+        bench.collect(runs, tmp_path / "docs", "t1200x6", reuse=[(tmp_path / "missing.json", "teacher")])
+
+
 def test_a_finished_run_of_another_schedule_is_not_reused(bench, tmp_path: Path) -> None:
     (tmp_path / "gfl_student_s0").mkdir()
     (tmp_path / "gfl_student_s0" / "eval.json").write_text(json.dumps({"iter": 10, "AP": 0.1}))
