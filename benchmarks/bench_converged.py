@@ -409,7 +409,8 @@ def reused_rows(rows: dict, reuse: list[tuple[Path, str]]) -> dict:
         for f in found:
             fam = rows.setdefault(f, {})
             if label not in fam:
-                fam[label] = {**saved[f][label], "reused_from": str(path)}
+                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+                fam[label] = {**saved[f][label], "reused_from": str(where)}
                 fam[label].pop("paired", None)
     first = ("teacher", "student baseline")
     return {f: {**{k: fam[k] for k in first if k in fam}, **{k: v for k, v in fam.items() if k not in first}}

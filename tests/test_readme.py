@@ -62,3 +62,14 @@ def test_shell_examples_run(tmp_path) -> None:
                               env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
         assert proc.returncode == 0, f"README example failed: {command}\n{proc.stderr[-2000:]}"
     assert (tmp_path / "predictions" / "results.json").is_file()
+
+
+def test_relative_links_and_images_resolve() -> None:
+    """Every relative link or image in README.md and docs/*.md names a file that exists (plots included)."""
+    pages = [README, *sorted((README.parent / "docs").glob("*.md"))]
+    missing = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s#]+)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                missing.append(f"{page.name}: {target}")
+    assert len(pages) > 5 and not missing, missing
