@@ -61,8 +61,8 @@ INTROS = {  # where each regime's runs come from
     "t1200x6": "from the teacher recipe at `schedule.iters=1200 eval_interval=300 "
                "output_dir=runs/shapes_t1200/gfl_teacher_1200` and CrossKD from it at 6x the student "
                "budget: `seed=S schedule.iters=1200 eval_interval=300 teacher.checkpoint=` that run, "
-               "`output_dir=runs/shapes_t1200_1200/gfl_crosskd_sS` (prediction mimicking: the `gfl_mimic` recipe, the "
-               "same overrides, `.../gfl_mimic_sS`); the baselines are the 6x rows' (the same student "
+               "`output_dir=runs/shapes_t1200_1200/gfl_crosskd_sS` (prediction mimicking and CrossKD+PKD: the `gfl_mimic` and "
+               "`gfl_crosskd_pkd` recipes, the same overrides, `.../gfl_{mimic,crosskd_pkd}_sS`); the baselines are the 6x rows' (the same student "
                "recipe, seeds and schedule, taken from docs/distill_x6.json) (CPU)",
     "frcnn3x": "from the short regime's Faster R-CNN recipes at 3x the budget: the teacher recipe at `schedule.iters=800 "
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
