@@ -25,8 +25,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 CATEGORIES = ("circle", "ellipse", "ring", "square", "rectangle", "triangle", "cross", "star")
-EMBEDDED = {"gfl_r10t.shapes": ("teacher", "36.4"), "gfl_mnv3s.shapes": ("student baseline", "22.4"),
-            "gfl_mnv3s.shapes_crosskd": ("distilled student", "28.9")}
+EMBEDDED = {"gfl_r10t.shapes": ("teacher", "58.6"), "gfl_mnv3s.shapes": ("student baseline", "42.3"),
+            "gfl_mnv3s.shapes_crosskd": ("distilled student", "47.8")}
 
 
 def free_port() -> int:
@@ -282,7 +282,7 @@ def test_photo_upload_with_shapes_models_says_why_boxes_mean_nothing(app: Any, t
     assert all(m in warning for m in app.COCO_ZOO) and warning.count(". ") == 0, "one sentence"
     assert [row[5] for row in summary] == ["student baseline", "distilled student"]
     assert [c for _, c in gallery] == [f"{m} · {a} AP · {r[1]} detection{'s' * (r[1] != 1)}"
-                                       for m, a, r in zip(models, ("22.4", "28.9"), summary)]
+                                       for m, a, r in zip(models, ("42.3", "47.8"), summary)]
     _, _, _, status = app.Demo(app.ModelPool("cpu"), online=True)(str(photo), models[:1], "", 0.3)
     assert "gfl_mnv3s.shapes was trained only" in status and "click a photo example" in status
     assert "**gfl_mnv3s.shapes** (student baseline)" in status, "models the page does not list are described"
