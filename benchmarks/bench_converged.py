@@ -66,9 +66,9 @@ INTROS = {  # where each regime's runs come from
                "recipe, seeds and schedule, taken from docs/distill_x6.json) (CPU)",
     "t1200x12": "from the same 1200-iteration teacher (`runs/shapes_t1200/gfl_teacher_1200`, 58.6 AP) at 12x the "
                 "student budget: the student and CrossKD recipes with `seed=S schedule.iters=2400 eval_interval=300 "
-                "output_dir=runs/shapes_t1200_2400/gfl_{student,crosskd}_sS`, CrossKD with `teacher.checkpoint=` "
-                "that run (prediction mimicking, seed 0: the `gfl_mimic` recipe, the same overrides, "
-                "`.../gfl_mimic_s0`) (CPU)",
+                "report=false output_dir=runs/shapes_t1200_2400/gfl_{student,crosskd}_sS`, CrossKD with `teacher.checkpoint=` "
+                "that run (prediction mimicking and CrossKD+PKD: the `gfl_mimic` and `gfl_crosskd_pkd` recipes, the "
+                "same overrides, `.../gfl_{mimic,crosskd_pkd}_sS`) (CPU)",
     "frcnn3x": "from the short regime's Faster R-CNN recipes at 3x the budget: the teacher recipe at `schedule.iters=800 "
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
                "budget), the student and TADF recipes with `seed=S schedule.iters=600 eval_interval=150 "
