@@ -81,7 +81,7 @@ INTROS = {  # where each regime's runs come from
                "rows with `eval_interval=0`, `distill.options.loss_feat_weight=0.25` or `4.0`, `distill.options.sigma_ratio=0.1` "
                "or `0.5`, `output_dir=.../faster_rcnn_sweep_{feat_w0.25,feat_w4,sigma0.1,sigma0.5}_sS`) (CPU)",
     "frcnn6x": "from the short regime's Faster R-CNN recipes at 6x the budget: the student and TADF recipes with "
-               "`seed=S schedule.iters=1200 eval_interval=300 output_dir=runs/shapes_frcnn_1200/faster_rcnn_{student,tadf}_sS`, "
+               "`seed=S schedule.iters=1200 eval_interval=300 report=false output_dir=runs/shapes_frcnn_1200/faster_rcnn_{student,tadf}_sS`, "
                "TADF from the 800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`, "
                "53.1 AP; feature weight 4 and no decay: `distill.options.loss_feat_weight=4.0 distill.options.decay=constant`, "
                "`.../faster_rcnn_tadf_w4_nodecay_sS`; without the teacher-wins rule, seed 0: `distill.options.adaptive=false`, "
