@@ -83,7 +83,9 @@ INTROS = {  # where each regime's runs come from
     "frcnn6x": "from the short regime's Faster R-CNN recipes at 6x the budget: the student and TADF recipes with "
                "`seed=S schedule.iters=1200 eval_interval=300 report=false output_dir=runs/shapes_frcnn_1200/faster_rcnn_{student,tadf}_sS`, "
                "TADF from the 800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`, "
-               "53.1 AP; feature weight 4 and no decay: `distill.options.loss_feat_weight=4.0 distill.options.decay=constant`, "
+               "53.1 AP; each term alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, "
+               "`.../faster_rcnn_tadf_{feat,cls,reg}_sS`; feature weight 4 and no decay: "
+               "`distill.options.loss_feat_weight=4.0 distill.options.decay=constant`, "
                "`.../faster_rcnn_tadf_w4_nodecay_sS`; without the teacher-wins rule, seed 0: `distill.options.adaptive=false`, "
                "`.../faster_rcnn_tadf_notadaptive_s0`) (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
