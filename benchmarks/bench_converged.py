@@ -456,7 +456,7 @@ def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: s
                 row["curves"][str(r.seed)] = curve
         if r.family == "faster_rcnn" and r.teacher:
             kept = _series(d, ("kept_cls", "kept_reg"))
-            if kept["kept_cls"]:
+            if kept["kept_cls"] or kept["kept_reg"]:  # a regression-only run logs kept_reg alone
                 row.setdefault("kept", {})[str(r.seed)] = kept
     if reuse:
         rows = reused_rows(rows, list(reuse))

@@ -244,3 +244,21 @@ def test_render_rewrites_a_block_from_the_saved_json(bench, tmp_path: Path) -> N
     assert "| CrossKD | 14.5 ± 2.1 | +3.5 [-2.9, +9.8] | 28.0 | 13.0, 16.0 | 100 |" in text
     assert "| 50 | 4.5 | 8.0 | +3.5 [-2.9, +9.9] | +3.0, +4.0 |" in text  # 12.706 * 0.707 / sqrt 2 = 6.35
     assert text.endswith("<!-- long-regime:end -->\n\nprose after\n")
+
+
+def test_collect_keeps_the_kept_share_of_a_single_term_run(bench, tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    logged = {"faster_rcnn_student": {}, "faster_rcnn_tadf_cls": {"kept_cls": 0.75},
+              "faster_rcnn_tadf_reg": {"kept_reg": 0.5}, "faster_rcnn_tadf_feat": {}}
+    for key, kept in logged.items():
+        d = runs / f"{key}_s0"
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": 10.0, "AP50": 20.0}))
+        lines = [json.dumps({"iter": i, "loss": 1.0, **kept}) for i in (10, 20)]
+        lines.append(json.dumps({"iter": 100, "AP": 10.0}))
+        (d / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    rows = bench.collect(runs, tmp_path / "docs")["faster_rcnn"]
+    assert rows["TADF classification only"]["kept"]["0"]["kept_cls"] == [(10, 0.75), (20, 0.75)]
+    assert rows["TADF regression only"]["kept"]["0"]["kept_reg"] == [(10, 0.5), (20, 0.5)]
+    assert rows["TADF regression only"]["kept"]["0"]["kept_cls"] == []
+    assert "kept" not in rows["TADF feature only"]
