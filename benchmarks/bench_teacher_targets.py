@@ -1,0 +1,129 @@
+"""What two GFL teachers give a student to learn from: why is the stronger teacher the worse one?
+
+docs/distill_results.md ("A teacher trained to its plateau") finds that CrossKD from a GFL teacher
+trained to its plateau (2400 iterations, 68.2 AP) gains much less than from the same recipe
+stopped at 1200 iterations (58.6 AP). This script measures, on the validation images, what each
+teacher's targets look like and how far one fixed student (a baseline run, trained without any
+teacher) is from them:
+
+* the teacher's confidence: mean binary entropy (bits) of its class scores over every valid
+  location and over the student's positives (the locations the KD terms are averaged over), its
+  mean top score on the positives, and the share of locations where its top score is at least 0.05
+  (the soft negatives a KD-QFL target carries);
+* the sharpness of its box distributions: mean entropy (bits) of its 17-bin side distributions,
+  weighted by its top class score as the KD box term is (docs/crosskd.md);
+* the distillation losses (the recipes' weights) of the fixed student against the teacher, both
+  through the teacher's head (CrossKD) and from the student's own head (prediction mimicking):
+  where the student starts the KD terms from, at the end of its own training.
+
+    python benchmarks/bench_teacher_targets.py --student runs/shapes_t1200_2400/gfl_student_s0 \\
+        --teacher runs/shapes_t1200/gfl_teacher_1200 --teacher runs/shapes_t2400/gfl_teacher_2400
+
+The student and the teachers are finished run directories of the same data (their ``recipe.yaml``
+names it); models run in eval mode on the CPU, batch 8.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import yaml
+
+from kdzoo import create_detector
+from kdzoo.data.coco import CocoDetection, collate_fn
+from kdzoo.distill import build_distiller
+
+
+def load_run(run: Path) -> torch.nn.Module:
+    if not (run / "model.safetensors").is_file():
+        raise SystemExit(f"{run}: not a finished kdzoo run directory (no model.safetensors)")
+    return create_detector(f"local-dir:{run}", pretrained=True).eval()
+
+
+def val_data(run: Path) -> CocoDetection:
+    d = yaml.safe_load((run / "recipe.yaml").read_text())["data"]
+    if d.get("format", "coco") != "coco":
+        raise SystemExit(f"{run}: trained on {d['format']!r} data; this script reads COCO-format runs")
+    root = Path(d["root"])
+    return CocoDetection(root / d["val_images"], root / d["val_ann"], train=False)
+
+
+def _bits(p: torch.Tensor) -> torch.Tensor:
+    """Binary entropy of probabilities ``p`` in bits, element-wise."""
+    p = p.clamp(1e-7, 1 - 1e-7)
+    return -(p * p.log2() + (1 - p) * (1 - p).log2())
+
+
+@torch.no_grad()
+def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetection, batch: int = 8,
+            limit: int | None = None) -> dict[str, float]:
+    cross = build_distiller("crosskd", student, teacher, mode="crosskd").eval()
+    mimic = build_distiller("crosskd", student, teacher, mode="mimic").eval()
+    head = student.bbox_head
+    sums: dict[str, float] = {}
+    counts: dict[str, float] = {}
+
+    def add(key: str, value: float, weight: float = 1.0) -> None:
+        sums[key] = sums.get(key, 0.0) + value
+        counts[key] = counts.get(key, 0.0) + weight
+
+    n = len(data) if limit is None else min(limit, len(data))
+    for start in range(0, n, batch):
+        images, targets = collate_fn([data[i] for i in range(start, min(start + batch, n))])
+        for name, distiller in (("crosskd", cross), ("mimic", mimic)):
+            for k, v in distiller(images, targets).items():
+                if k.startswith("loss_kd"):
+                    add(f"{name} {k}", float(v))
+        b, t = student.preprocess(images, targets)
+        t_out = teacher.bbox_head(teacher.extract_feats(b.tensors))
+        s_out = head(student.extract_feats(b.tensors))
+        assignment = head.loss_and_assignment(s_out, t, b.image_sizes)[1]
+        flat = head.flatten(t_out)
+        valid, pos = assignment.valid, assignment.positive
+        prob = flat["cls"].sigmoid()  # [N, P, C]
+        ent = _bits(prob).mean(-1)  # per location, over the classes
+        top = prob.amax(-1)
+        add("cls entropy, all", float(ent[valid].sum()), float(valid.sum()))
+        add("cls entropy, positives", float(ent[pos].sum()), float(pos.sum()))
+        add("top score, positives", float(top[pos].sum()), float(pos.sum()))
+        add("locations with top score >= 0.05", float((top[valid] >= 0.05).sum()), float(valid.sum()))
+        bins = head.reg_distribution_bins
+        dist = flat["reg"].reshape(*top.shape, 4, bins).softmax(-1)
+        side_ent = -(dist * dist.clamp_min(1e-12).log2()).sum(-1).mean(-1)  # [N, P]
+        w = top * valid
+        add("box distribution entropy (score-weighted)", float((side_ent * w).sum()), float(w.sum()))
+    out = {k: sums[k] / counts[k] for k in sums}
+    out["locations with top score >= 0.05"] *= 100
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--student", type=Path, required=True, help="a finished student run (no teacher)")
+    ap.add_argument("--teacher", type=Path, action="append", required=True, help="a finished teacher run (repeat)")
+    ap.add_argument("--limit", type=int, default=None, help="first N validation images only")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    data = val_data(args.student)
+    student = load_run(args.student)
+    results = {}
+    for run in args.teacher:
+        results[str(run)] = measure(student, load_run(run), data, limit=args.limit)
+        ap_ = json.loads((run / "eval.json").read_text())["AP"] if (run / "eval.json").is_file() else math.nan
+        results[str(run)]["teacher AP"] = ap_
+    keys = list(next(iter(results.values())))
+    print(f"student: {args.student} ({len(data) if args.limit is None else args.limit} val images)\n")
+    print("| measure | " + " | ".join(f"`{r}`" for r in results) + " |")
+    print("|---|" + "---|" * len(results))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(f"{v[k]:.3f}" for v in results.values()) + " |")
+    if args.json:
+        args.json.write_text(json.dumps({"student": str(args.student), "teachers": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

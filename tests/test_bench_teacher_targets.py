@@ -1,0 +1,80 @@
+"""benchmarks/bench_teacher_targets.py: the teacher-target measures against hand-computed values
+(a teacher whose head predicts one constant score and uniform box distributions everywhere), and
+zero mimicking losses when the teacher is the student itself."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+from kdzoo import create_detector
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def bench():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: threads only contend
+    spec = importlib.util.spec_from_file_location("bench_teacher_targets", BENCH / "bench_teacher_targets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    torch.set_num_threads(threads)
+
+
+def small(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_detector("gfl_r18", num_classes=3, fpn_channels=32, input_size=(SIZE, SIZE), norm_eval=False,
+                            frozen_stages=-1)
+    for m in model.bbox_head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, std=0.1)
+    return model.eval()
+
+
+def data() -> list[tuple[torch.Tensor, dict]]:
+    g = torch.Generator().manual_seed(0)
+    return [(torch.rand(3, SIZE, SIZE, generator=g),
+             {"boxes": torch.tensor([[8.0, 10.0, 40.0, 44.0], [30.0, 4.0, 60.0, 30.0]]), "labels": torch.tensor([0, 2])}),
+            (torch.rand(3, SIZE, SIZE, generator=g),
+             {"boxes": torch.tensor([[4.0, 20.0, 50.0, 62.0]]), "labels": torch.tensor([1])}),
+            (torch.rand(3, SIZE, SIZE, generator=g),
+             {"boxes": torch.tensor([[20.0, 20.0, 36.0, 40.0]]), "labels": torch.tensor([2])})]
+
+
+def test_binary_entropy_in_bits(bench) -> None:
+    got = bench._bits(torch.tensor([0.5, 0.25, 0.0, 1.0]))
+    want = [1.0, -(0.25 * math.log2(0.25) + 0.75 * math.log2(0.75)), 0.0, 0.0]
+    assert got.tolist() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("bias", [-3.5, -2.0])
+def test_constant_teacher_by_hand(bench, bias: float) -> None:
+    teacher = small(1)
+    head = teacher.bbox_head
+    for conv, b in ((head.gfl_cls, bias), (head.gfl_reg, 0.0)):
+        nn.init.zeros_(conv.weight)
+        nn.init.constant_(conv.bias, b)
+    p = 1 / (1 + math.exp(-bias))
+    got = bench.measure(small(0), teacher, data(), batch=2)
+    assert got["cls entropy, all"] == pytest.approx(-(p * math.log2(p) + (1 - p) * math.log2(1 - p)), rel=1e-4)
+    assert got["cls entropy, positives"] == pytest.approx(got["cls entropy, all"], rel=1e-5)
+    assert got["top score, positives"] == pytest.approx(p, rel=1e-5)
+    assert got["locations with top score >= 0.05"] == (100.0 if p >= 0.05 else 0.0)  # 0.029 and 0.119
+    assert got["box distribution entropy (score-weighted)"] == pytest.approx(math.log2(17), rel=1e-5)  # 17 uniform bins
+
+
+def test_teacher_equal_to_student_gives_zero_mimicking_loss(bench) -> None:
+    student = small(0)
+    twin = small(0)
+    got = bench.measure(student, twin, data(), batch=3)
+    assert got["mimic loss_kd_cls"] == pytest.approx(0.0, abs=1e-6)
+    assert got["mimic loss_kd_reg"] == pytest.approx(0.0, abs=1e-6)
+    other = bench.measure(student, small(1), data(), batch=3)
+    assert other["mimic loss_kd_cls"] > 1e-3 and other["mimic loss_kd_reg"] > 1e-3
