@@ -14,12 +14,14 @@ teacher) is from them:
   weighted by its top class score as the KD box term is (docs/crosskd.md);
 * the distillation losses (the recipes' weights) of the fixed student against the teacher, both
   through the teacher's head (CrossKD) and from the student's own head (prediction mimicking):
-  where the student starts the KD terms from, at the end of its own training.
+  how far a student trained alone ends up from what each teacher would ask of it.
 
     python benchmarks/bench_teacher_targets.py --student runs/shapes_t1200_2400/gfl_student_s0 \\
-        --teacher runs/shapes_t1200/gfl_teacher_1200 --teacher runs/shapes_t2400/gfl_teacher_2400
+        --student runs/shapes_t1200_2400/gfl_student_s1 --student runs/shapes_t1200_2400/gfl_student_s2 \\
+        --teacher runs/shapes_t1200/gfl_teacher_1200 --teacher runs/shapes_t2400/gfl_teacher_2400 \\
+        --json docs/teacher_targets_t1200_t2400.json
 
-The student and the teachers are finished run directories of the same data (their ``recipe.yaml``
+The students and the teachers are finished run directories of the same data (their ``recipe.yaml``
 names it); models run in eval mode on the CPU, batch 8.
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from pathlib import Path
 
 import torch
@@ -102,28 +105,37 @@ def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetect
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--student", type=Path, required=True, help="a finished student run (no teacher)")
+    ap.add_argument("--student", type=Path, action="append", required=True,
+                    help="a finished student run trained without a teacher (repeat: the table shows the mean and range)")
     ap.add_argument("--teacher", type=Path, action="append", required=True, help="a finished teacher run (repeat)")
     ap.add_argument("--limit", type=int, default=None, help="first N validation images only")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    data = val_data(args.student)
-    student = load_run(args.student)
-    results = {}
+    data = val_data(args.student[0])
+    teachers = {str(run): load_run(run) for run in args.teacher}
+    # results[teacher][measure]: one value per student
+    results: dict[str, dict[str, list[float]]] = {t: {} for t in teachers}
+    for s_run in args.student:
+        student = load_run(s_run)
+        for t, teacher in teachers.items():
+            for k, v in measure(student, teacher, data, limit=args.limit).items():
+                results[t].setdefault(k, []).append(v)
     for run in args.teacher:
-        results[str(run)] = measure(student, load_run(run), data, limit=args.limit)
-        ap_ = json.loads((run / "eval.json").read_text())["AP"] if (run / "eval.json").is_file() else math.nan
-        results[str(run)]["teacher AP"] = ap_
-    keys = list(next(iter(results.values())))
-    print(f"student: {args.student} ({len(data) if args.limit is None else args.limit} val images)\n")
-    print("| measure | " + " | ".join(f"`{r}`" for r in results) + " |")
+        ev = run / "eval.json"
+        results[str(run)]["teacher AP"] = [json.loads(ev.read_text())["AP"] if ev.is_file() else math.nan]
+    n = len(data) if args.limit is None else min(args.limit, len(data))
+    print(f"students: {', '.join(map(str, args.student))} ({n} val images; mean over the students, range in brackets)\n")
+    print("| measure | " + " | ".join(f"`{t}`" for t in results) + " |")
     print("|---|" + "---|" * len(results))
-    for k in keys:
-        print(f"| {k} | " + " | ".join(f"{v[k]:.3f}" for v in results.values()) + " |")
+    for k in next(iter(results.values())):
+        cells = []
+        for v in (r[k] for r in results.values()):
+            spread = f" [{min(v):.2f}, {max(v):.2f}]" if len(v) > 1 and max(v) - min(v) > 5e-4 else ""
+            cells.append(f"{statistics.mean(v):.3f}{spread}")
+        print(f"| {k} | " + " | ".join(cells) + " |")
     if args.json:
-        args.json.write_text(json.dumps({"student": str(args.student), "teachers": results}, indent=1))
-
+        args.json.write_text(json.dumps({"students": list(map(str, args.student)), "val_images": n,
+                                         "teachers": results}, indent=1))
 
 if __name__ == "__main__":
     main()
