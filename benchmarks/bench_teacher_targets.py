@@ -12,13 +12,18 @@ teacher) is from them:
   (the soft negatives a KD-QFL target carries);
 * the sharpness of its box distributions: mean entropy (bits) of its 17-bin side distributions,
   weighted by its top class score as the KD box term is (docs/crosskd.md);
-* the distillation losses (the recipes' weights) of the fixed student against the teacher, both
-  through the teacher's head (CrossKD) and from the student's own head (prediction mimicking):
-  how far a student trained alone ends up from what each teacher would ask of it.
+* the prediction-mimicking losses (the recipes' weights) of students trained without a teacher
+  against each teacher's outputs: how far a student trained alone ends up from what each teacher
+  would ask of it. (The cross-head losses of such a student are not defined: between different
+  head widths CrossKD's 1x1 adapter is learned during distillation, and an untrained one makes
+  them noise.)
+* with ``--distilled``: the KD losses distillation runs logged while training (the learned adapter
+  included), averaged over windows of their schedule and grouped by the teacher they came from.
 
     python benchmarks/bench_teacher_targets.py --student runs/shapes_t1200_2400/gfl_student_s0 \\
         --student runs/shapes_t1200_2400/gfl_student_s1 --student runs/shapes_t1200_2400/gfl_student_s2 \\
         --teacher runs/shapes_t1200/gfl_teacher_1200 --teacher runs/shapes_t2400/gfl_teacher_2400 \\
+        --distilled runs/shapes_t1200_2400/gfl_crosskd_s0 ... --distilled runs/shapes_t2400_2400/gfl_crosskd_s0 ... \\
         --json docs/teacher_targets_t1200_t2400.json
 
 The students and the teachers are finished run directories of the same data (their ``recipe.yaml``
@@ -63,7 +68,6 @@ def _bits(p: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetection, batch: int = 8,
             limit: int | None = None) -> dict[str, float]:
-    cross = build_distiller("crosskd", student, teacher, mode="crosskd").eval()
     mimic = build_distiller("crosskd", student, teacher, mode="mimic").eval()
     head = student.bbox_head
     sums: dict[str, float] = {}
@@ -76,10 +80,9 @@ def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetect
     n = len(data) if limit is None else min(limit, len(data))
     for start in range(0, n, batch):
         images, targets = collate_fn([data[i] for i in range(start, min(start + batch, n))])
-        for name, distiller in (("crosskd", cross), ("mimic", mimic)):
-            for k, v in distiller(images, targets).items():
-                if k.startswith("loss_kd"):
-                    add(f"{name} {k}", float(v))
+        for k, v in mimic(images, targets).items():
+            if k.startswith("loss_kd"):
+                add(f"mimic {k}", float(v))
         b, t = student.preprocess(images, targets)
         t_out = teacher.bbox_head(teacher.extract_feats(b.tensors))
         s_out = head(student.extract_feats(b.tensors))
@@ -103,11 +106,44 @@ def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetect
     return out
 
 
+WINDOWS = ((0, 300), (300, 1200), (1200, None))  # iterations (start, end]; None: to the end
+
+
+def logged_kd(runs: list[Path]) -> dict[str, dict[str, list[float]]]:
+    """For each teacher (the runs' ``teacher.checkpoint``), the logged ``loss_kd_*`` of its
+    distilled runs, by distillation mode, each averaged over the iterations of every window in ``WINDOWS``: one value
+    per run."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        recipe = yaml.safe_load((run / "recipe.yaml").read_text())
+        teacher = (recipe.get("teacher") or {}).get("checkpoint")
+        if not teacher or not (run / "metrics.jsonl").is_file():
+            raise SystemExit(f"--distilled {run}: expected a distillation run directory with recipe.yaml "
+                             "(teacher.checkpoint set) and metrics.jsonl")
+        mode = ((recipe.get("distill") or {}).get("options") or {}).get("mode", "crosskd")
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        rows = [r for r in rows if "loss_kd_cls" in r]
+        for key in sorted({k for r in rows for k in r if k.startswith("loss_kd")}):
+            for lo, hi in WINDOWS:
+                vals = [r[key] for r in rows if key in r and lo < r["iter"] and (hi is None or r["iter"] <= hi)]
+                if vals:
+                    name = f"logged {mode} {key}, iterations {lo}-{hi if hi is not None else 'end'}"
+                    out.setdefault(str(teacher), {}).setdefault(name, []).append(statistics.mean(vals))
+    return out
+
+
+def _cell(v: list[float]) -> str:
+    spread = f" [{min(v):.2f}, {max(v):.2f}]" if len(v) > 1 and max(v) - min(v) > 5e-4 else ""
+    return f"{statistics.mean(v):.3f}{spread}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", type=Path, action="append", required=True,
                     help="a finished student run trained without a teacher (repeat: the table shows the mean and range)")
     ap.add_argument("--teacher", type=Path, action="append", required=True, help="a finished teacher run (repeat)")
+    ap.add_argument("--distilled", type=Path, action="append", default=[],
+                    help="a finished distillation run from one of the teachers (repeat): its logged KD losses")
     ap.add_argument("--limit", type=int, default=None, help="first N validation images only")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
@@ -123,16 +159,18 @@ def main() -> None:
     for run in args.teacher:
         ev = run / "eval.json"
         results[str(run)]["teacher AP"] = [json.loads(ev.read_text())["AP"] if ev.is_file() else math.nan]
+    for teacher, logged in logged_kd(args.distilled).items():
+        match = [t for t in results if Path(t).resolve() == Path(teacher).resolve()]
+        if not match:
+            raise SystemExit(f"--distilled: a run distilled from {teacher}, which is not one of the --teacher runs")
+        results[match[0]].update(logged)
     n = len(data) if args.limit is None else min(args.limit, len(data))
-    print(f"students: {', '.join(map(str, args.student))} ({n} val images; mean over the students, range in brackets)\n")
+    print(f"students (without a teacher): {', '.join(map(str, args.student))} ({n} val images; mean over the students, range in brackets)\n")
     print("| measure | " + " | ".join(f"`{t}`" for t in results) + " |")
     print("|---|" + "---|" * len(results))
-    for k in next(iter(results.values())):
-        cells = []
-        for v in (r[k] for r in results.values()):
-            spread = f" [{min(v):.2f}, {max(v):.2f}]" if len(v) > 1 and max(v) - min(v) > 5e-4 else ""
-            cells.append(f"{statistics.mean(v):.3f}{spread}")
-        print(f"| {k} | " + " | ".join(cells) + " |")
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))
+    for k in keys:
+        print(f"| {k} | " + " | ".join(_cell(r[k]) if k in r else "" for r in results.values()) + " |")
     if args.json:
         args.json.write_text(json.dumps({"students": list(map(str, args.student)), "val_images": n,
                                          "teachers": results}, indent=1))

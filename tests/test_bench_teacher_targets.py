@@ -1,9 +1,11 @@
 """benchmarks/bench_teacher_targets.py: the teacher-target measures against hand-computed values
 (a teacher whose head predicts one constant score and uniform box distributions everywhere), and
-zero mimicking losses when the teacher is the student itself."""
+zero mimicking losses when the teacher is the student itself, and the logged KD losses averaged
+over windows of the schedule by hand."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 from pathlib import Path
 
@@ -78,3 +80,29 @@ def test_teacher_equal_to_student_gives_zero_mimicking_loss(bench) -> None:
     assert got["mimic loss_kd_reg"] == pytest.approx(0.0, abs=1e-6)
     other = bench.measure(student, small(1), data(), batch=3)
     assert other["mimic loss_kd_cls"] > 1e-3 and other["mimic loss_kd_reg"] > 1e-3
+
+
+def _fake_run(path: Path, teacher: str, mode: str, rows: list[dict]) -> Path:
+    path.mkdir(parents=True)
+    (path / "recipe.yaml").write_text(f"teacher:\n  checkpoint: {teacher}\ndistill:\n  method: crosskd\n  options:\n    mode: {mode}\n")
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_logged_kd_windows_by_hand(bench, tmp_path: Path) -> None:
+    rows = [{"iter": i, "loss_kd_cls": float(i), "loss_kd_reg": 2.0 * i} for i in (100, 300, 600, 1200, 1500, 2400)]
+    rows.insert(3, {"iter": 1200, "AP": 40.0})  # an evaluation record: no loss, skipped
+    a = _fake_run(tmp_path / "a", "runs/t1", "crosskd", rows)
+    b = _fake_run(tmp_path / "b", "runs/t1", "crosskd", [{**r, "loss_kd_cls": r["loss_kd_cls"] + 1} for r in rows if "loss_kd_cls" in r])
+    c = _fake_run(tmp_path / "c", "runs/t2", "mimic", rows)
+    got = bench.logged_kd([a, b, c])
+    t1 = got["runs/t1"]
+    assert t1["logged crosskd loss_kd_cls, iterations 0-300"] == [200.0, 201.0]  # (100 + 300) / 2
+    assert t1["logged crosskd loss_kd_cls, iterations 300-1200"] == [900.0, 901.0]  # (600 + 1200) / 2
+    assert t1["logged crosskd loss_kd_reg, iterations 1200-end"] == [3900.0, 3900.0]  # 2 (1500 + 2400) / 2
+    assert set(got["runs/t2"]) == {f"logged mimic loss_kd_{k}, iterations {w}" for k in ("cls", "reg")
+                                   for w in ("0-300", "300-1200", "1200-end")}
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "recipe.yaml").write_text("teacher: null\n")
+    with pytest.raises(SystemExit, match=r"--distilled .*d: expected a distillation run directory"):
+        bench.logged_kd([tmp_path / "d"])
