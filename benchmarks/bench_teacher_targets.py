@@ -110,8 +110,8 @@ WINDOWS = ((0, 300), (300, 1200), (1200, None))  # iterations (start, end]; None
 
 
 def logged_kd(runs: list[Path]) -> dict[str, dict[str, list[float]]]:
-    """For each teacher (the runs' ``teacher.checkpoint``), the logged ``loss_kd_*`` of its
-    distilled runs, by distillation mode, each averaged over the iterations of every window in ``WINDOWS``: one value
+    """For each teacher (the runs' ``teacher.checkpoint``, resolved: links to one run are one
+    teacher), the logged ``loss_kd_*`` of its distilled runs, by distillation mode, each averaged over the iterations of every window in ``WINDOWS``: one value
     per run."""
     out: dict[str, dict[str, list[float]]] = {}
     for run in runs:
@@ -128,7 +128,7 @@ def logged_kd(runs: list[Path]) -> dict[str, dict[str, list[float]]]:
                 vals = [r[key] for r in rows if key in r and lo < r["iter"] and (hi is None or r["iter"] <= hi)]
                 if vals:
                     name = f"logged {mode} {key}, iterations {lo}-{hi if hi is not None else 'end'}"
-                    out.setdefault(str(teacher), {}).setdefault(name, []).append(statistics.mean(vals))
+                    out.setdefault(str(Path(teacher).resolve()), {}).setdefault(name, []).append(statistics.mean(vals))
     return out
 
 

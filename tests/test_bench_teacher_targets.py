@@ -96,13 +96,25 @@ def test_logged_kd_windows_by_hand(bench, tmp_path: Path) -> None:
     b = _fake_run(tmp_path / "b", "runs/t1", "crosskd", [{**r, "loss_kd_cls": r["loss_kd_cls"] + 1} for r in rows if "loss_kd_cls" in r])
     c = _fake_run(tmp_path / "c", "runs/t2", "mimic", rows)
     got = bench.logged_kd([a, b, c])
-    t1 = got["runs/t1"]
+    assert set(got) == {str(Path("runs/t1").resolve()), str(Path("runs/t2").resolve())}
+    t1 = got[str(Path("runs/t1").resolve())]
     assert t1["logged crosskd loss_kd_cls, iterations 0-300"] == [200.0, 201.0]  # (100 + 300) / 2
     assert t1["logged crosskd loss_kd_cls, iterations 300-1200"] == [900.0, 901.0]  # (600 + 1200) / 2
     assert t1["logged crosskd loss_kd_reg, iterations 1200-end"] == [3900.0, 3900.0]  # 2 (1500 + 2400) / 2
-    assert set(got["runs/t2"]) == {f"logged mimic loss_kd_{k}, iterations {w}" for k in ("cls", "reg")
+    assert set(got[str(Path("runs/t2").resolve())]) == {f"logged mimic loss_kd_{k}, iterations {w}" for k in ("cls", "reg")
                                    for w in ("0-300", "300-1200", "1200-end")}
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "recipe.yaml").write_text("teacher: null\n")
     with pytest.raises(SystemExit, match=r"--distilled .*d: expected a distillation run directory"):
         bench.logged_kd([tmp_path / "d"])
+
+
+def test_logged_kd_links_to_one_teacher_are_one(bench, tmp_path: Path) -> None:
+    (tmp_path / "teacher").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "teacher")
+    rows = [{"iter": 100, "loss_kd_cls": 1.0, "loss_kd_reg": 2.0}]
+    a = _fake_run(tmp_path / "a", str(tmp_path / "teacher"), "crosskd", rows)
+    b = _fake_run(tmp_path / "b", str(tmp_path / "link"), "crosskd", rows)
+    got = bench.logged_kd([a, b])
+    assert list(got) == [str((tmp_path / "teacher").resolve())]
+    assert got[str((tmp_path / "teacher").resolve())]["logged crosskd loss_kd_cls, iterations 0-300"] == [1.0, 1.0]
