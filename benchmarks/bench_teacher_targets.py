@@ -111,8 +111,8 @@ WINDOWS = ((0, 300), (300, 1200), (1200, None))  # iterations (start, end]; None
 
 def logged_kd(runs: list[Path]) -> dict[str, dict[str, list[float]]]:
     """For each teacher (the runs' ``teacher.checkpoint``, resolved: links to one run are one
-    teacher), the logged ``loss_kd_*`` of its distilled runs, by distillation mode, each averaged over the iterations of every window in ``WINDOWS``: one value
-    per run."""
+    teacher), the logged ``loss_kd_*`` of its distilled runs, by distillation mode, each averaged
+    over the iterations of every window in ``WINDOWS``: one value per run."""
     out: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
