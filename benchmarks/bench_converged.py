@@ -509,6 +509,37 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def versus(rows: dict, other: dict, name: str, other_name: str) -> str:
+    """Row against row between two saved regimes that differ in one thing (e.g. the teacher): for
+    every distilled row both have, the paired per-seed difference ``rows - other`` at the end and at
+    every iteration both evaluated, over the seeds both ran."""
+    lines = []
+    for family, fam in rows.items():
+        for label, r in fam.items():
+            o = other.get(family, {}).get(label)
+            if label in ("teacher", "student baseline") or o is None:
+                continue
+            a, b = dict(zip(r["seeds"], r["AP"])), dict(zip(o["seeds"], o["AP"]))
+            seeds = [sd for sd in r["seeds"] if sd in b]
+            if not seeds:
+                continue
+            lines += [f"{family} {label}, {name} minus {other_name} (seed{'s' if len(seeds) > 1 else ''} "
+                      f"{', '.join(map(str, seeds))}; Δ paired per seed, 95 % interval):", "",
+                      f"| iteration | {other_name} | {name} | Δ | per seed |", "|---|---|---|---|---|"]
+            ca = {str(sd): dict(r["curves"].get(str(sd), [])) for sd in seeds}
+            cb = {str(sd): dict(o["curves"].get(str(sd), [])) for sd in seeds}
+            iters = sorted(set.intersection(*(set(ca[k]) & set(cb[k]) for k in ca)))
+            points = [(it, [ca[str(sd)][it] for sd in seeds], [cb[str(sd)][it] for sd in seeds]) for it in iters]
+            final = ("final", [a[sd] for sd in seeds], [b[sd] for sd in seeds])
+            for it, av, bv in [p for p in points if p[0] != r["iters"]] + [final]:
+                d, lo, hi = paired(av, bv)
+                delta = f"{d:+.1f}" if math.isnan(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+                per = ", ".join(f"{x - y:+.1f}" for x, y in zip(av, bv))
+                lines.append(f"| {it} | {statistics.mean(bv):.1f} | {statistics.mean(av):.1f} | {delta} | {per} |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def along(fam: dict) -> list[str]:
     """The paired gain along the way, one table per distilled row evaluated during training: at every
     iteration where it and the student baseline were both evaluated for the same seeds, their mean AP
@@ -641,6 +672,12 @@ def main() -> None:
                                       "where the runs came from, and the plots are kept)")
     r.add_argument("--out", default="docs")
     r.add_argument("--tag", required=True, choices=sorted(INTROS))
+    v = sub.add_parser("versus", help="two saved regimes row against row (paired per seed): "
+                                      "docs/distill_<tag>.json minus docs/distill_<against>.json, into the block "
+                                      "<tag>-vs-<against> of docs/distill_results.md")
+    v.add_argument("--out", default="docs")
+    v.add_argument("--tag", required=True, choices=sorted(INTROS))
+    v.add_argument("--against", required=True, choices=sorted(INTROS))
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _md import block_head, replace_block
@@ -653,6 +690,18 @@ def main() -> None:
                              f"in {page}; run `collect --tag {args.tag}` on the runs first")
         text = table(json.loads(saved.read_text()))
         replace_block(page, f"{args.tag}-regime", head + "\n\n" + text)
+        print(text)
+        return
+    if args.cmd == "versus":
+        saved = [ROOT / args.out / f"distill_{t}.json" for t in (args.tag, args.against)]
+        for path in saved:
+            if not path.is_file():
+                raise SystemExit(f"versus: expected {path}; run `collect` for that regime first")
+        text = versus(*(json.loads(path.read_text()) for path in saved), args.tag, args.against)
+        replace_block(ROOT / args.out / "distill_results.md", f"{args.tag}-vs-{args.against}",
+                      f"Produced by `python benchmarks/bench_converged.py versus --tag {args.tag} --against "
+                      f"{args.against}` (COCO AP in %, the final evaluation and every iteration both regimes "
+                      "evaluated).\n\n" + text)
         print(text)
         return
     runs_root = (ROOT / args.runs).resolve()

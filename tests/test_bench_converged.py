@@ -262,3 +262,38 @@ def test_collect_keeps_the_kept_share_of_a_single_term_run(bench, tmp_path: Path
     assert rows["TADF regression only"]["kept"]["0"]["kept_reg"] == [(10, 0.5), (20, 0.5)]
     assert rows["TADF regression only"]["kept"]["0"]["kept_cls"] == []
     assert "kept" not in rows["TADF feature only"]
+
+
+def test_versus_pairs_two_regimes_by_seed(bench, tmp_path: Path) -> None:
+    import subprocess
+
+    def row(aps, curves):
+        return {"seeds": [0, 1, 2][:len(aps)], "AP": aps, "AP50": aps, "iters": 100, "curves": curves}
+
+    new = {"gfl": {"student baseline": row([10.0, 12.0], {}),
+                   "CrossKD": row([13.0, 15.0, 11.0], {"0": [[50, 7.0], [100, 13.0]], "1": [[50, 9.0], [100, 15.0]],
+                                                       "2": [[50, 5.0], [100, 11.0]]}),
+                   "CrossKD+PKD": row([20.0], {"0": [[50, 9.0], [100, 20.0]]})}}
+    old = {"gfl": {"CrossKD": row([16.0, 17.0], {"0": [[50, 8.0], [100, 16.0]], "1": [[50, 11.0], [100, 17.0]]}),
+                   "prediction mimicking": row([14.0, 14.0], {})}}
+    text = bench.versus(new, old, "new", "old")
+    # Seeds both ran (0, 1); 50: differences -1, -2; the end: -3, -2 (12.706 * 0.707 / sqrt 2 = 6.35).
+    assert "gfl CrossKD, new minus old (seeds 0, 1; Δ paired per seed, 95 % interval):" in text
+    assert "| 50 | 9.5 | 8.0 | -1.5 [-7.9, +4.9] | -1.0, -2.0 |" in text
+    assert "| final | 16.5 | 14.0 | -2.5 [-8.9, +3.9] | -3.0, -2.0 |" in text
+    assert "| 100 |" not in text  # the last evaluation is the final row
+    assert "PKD" not in text and "mimicking" not in text and "baseline" not in text  # rows only one regime has
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "distill_long.json").write_text(json.dumps(new))
+    page = docs / "distill_results.md"
+    page.write_text("# page\n\n<!-- long-vs-x6:begin -->\nold\n<!-- long-vs-x6:end -->\n\nprose after\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_converged.py"), "versus", "--tag", "long", "--against",
+           "x6", "--out", str(docs)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "distill_x6.json" in res.stderr
+    (docs / "distill_x6.json").write_text(json.dumps(old))
+    subprocess.run(cmd, check=True, capture_output=True)
+    out = page.read_text()
+    assert "`python benchmarks/bench_converged.py versus --tag long --against x6`" in out and "\nold\n" not in out
+    assert "| final | 16.5 | 14.0 | -2.5 [-8.9, +3.9] | -3.0, -2.0 |" in out and out.endswith("prose after\n")
