@@ -71,9 +71,10 @@ INTROS = {  # where each regime's runs come from
                 "same overrides, `.../gfl_{mimic,crosskd_pkd}_sS`) (CPU)",
     "t2400x12": "from a teacher trained as long as its students, to the flat end of its schedule: the teacher "
                 "recipe at `schedule.iters=2400 eval_interval=300 report=false output_dir=runs/shapes_t2400/gfl_teacher_2400` "
-                "(linked as `gfl_teacher` in the runs folder), CrossKD from it at 12x the student budget with "
+                "(linked as `gfl_teacher` in the runs folder), CrossKD, prediction mimicking and CrossKD+PKD from it "
+                "at 12x the student budget (the `gfl_crosskd`, `gfl_mimic` and `gfl_crosskd_pkd` recipes) with "
                 "`seed=S schedule.iters=2400 eval_interval=300 report=false teacher.checkpoint=` that run, "
-                "`output_dir=runs/shapes_t2400_2400/gfl_crosskd_sS`; the baselines are the 12x rows' (the same "
+                "`output_dir=runs/shapes_t2400_2400/gfl_{crosskd,mimic,crosskd_pkd}_sS`; the baselines are the 12x rows' (the same "
                 "student recipe, seeds and schedule, taken from docs/distill_t1200x12.json) (CPU)",
     "frcnn3x": "from the short regime's Faster R-CNN recipes at 3x the budget: the teacher recipe at `schedule.iters=800 "
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
