@@ -68,8 +68,11 @@ def _bits(p: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetection, batch: int = 8,
             limit: int | None = None) -> dict[str, float]:
-    mimic = build_distiller("crosskd", student, teacher, mode="mimic").eval()
     head = student.bbox_head
+    if head.reg_distribution_bins is None or teacher.bbox_head.reg_distribution_bins is None:
+        raise SystemExit(f"measure: student {student.arch_name!r} and teacher {teacher.arch_name!r} must both predict "
+                         "box distributions (GFL); this script reads the entropy of those distributions")
+    mimic = build_distiller("crosskd", student, teacher, mode="mimic").eval()
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
 

@@ -118,3 +118,10 @@ def test_logged_kd_links_to_one_teacher_are_one(bench, tmp_path: Path) -> None:
     got = bench.logged_kd([a, b])
     assert list(got) == [str((tmp_path / "teacher").resolve())]
     assert got[str((tmp_path / "teacher").resolve())]["logged crosskd loss_kd_cls, iterations 0-300"] == [1.0, 1.0]
+
+
+def test_a_head_without_box_distributions_is_refused(bench) -> None:
+    torch.manual_seed(0)
+    atss = create_detector("atss_r18", num_classes=3, fpn_channels=32, input_size=(SIZE, SIZE)).eval()
+    with pytest.raises(SystemExit, match=r"teacher 'atss_r18' must both predict box distributions"):
+        bench.measure(small(0), atss, data())
