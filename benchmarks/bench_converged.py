@@ -510,6 +510,15 @@ def table(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def _paired_line(point: object, av: list[float], bv: list[float]) -> str:
+    """One table line: the point, both means, the paired difference ``av - bv`` (with its 95 %
+    interval from two seeds on) and the per-seed differences."""
+    d, lo, hi = paired(av, bv)
+    delta = f"{d:+.1f}" if math.isnan(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
+    per = ", ".join(f"{x - y:+.1f}" for x, y in zip(av, bv))
+    return f"| {point} | {statistics.mean(bv):.1f} | {statistics.mean(av):.1f} | {delta} | {per} |"
+
+
 def versus(rows: dict, other: dict, name: str, other_name: str) -> str:
     """Row against row between two saved regimes that differ in one thing (e.g. the teacher): for
     every distilled row both have, the paired per-seed difference ``rows - other`` at the end and at
@@ -532,11 +541,7 @@ def versus(rows: dict, other: dict, name: str, other_name: str) -> str:
             iters = sorted(set.intersection(*(set(ca[k]) & set(cb[k]) for k in ca)))
             points = [(it, [ca[str(sd)][it] for sd in seeds], [cb[str(sd)][it] for sd in seeds]) for it in iters]
             final = ("final", [a[sd] for sd in seeds], [b[sd] for sd in seeds])
-            for it, av, bv in [p for p in points if p[0] != r["iters"]] + [final]:
-                d, lo, hi = paired(av, bv)
-                delta = f"{d:+.1f}" if math.isnan(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-                per = ", ".join(f"{x - y:+.1f}" for x, y in zip(av, bv))
-                lines.append(f"| {it} | {statistics.mean(bv):.1f} | {statistics.mean(av):.1f} | {delta} | {per} |")
+            lines += [_paired_line(it, av, bv) for it, av, bv in [p for p in points if p[0] != r["iters"]] + [final]]
             lines.append("")
     return "\n".join(lines)
 
@@ -563,11 +568,7 @@ def along(fam: dict) -> list[str]:
                else f"seed {seeds[0]} only, no interval")
         lines += [f"{label} against the baseline along the way ({how}):", "", f"| iteration | baseline | {label} | Δ | per seed |", "|---|---|---|---|---|"]
         for it in iters:
-            av, bv = [a[sd][it] for sd in seeds], [b[sd][it] for sd in seeds]
-            d, lo, hi = paired(av, bv)
-            delta = f"{d:+.1f}" if math.isnan(lo) else f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
-            per = ", ".join(f"{x - y:+.1f}" for x, y in zip(av, bv))
-            lines.append(f"| {it} | {statistics.mean(bv):.1f} | {statistics.mean(av):.1f} | {delta} | {per} |")
+            lines.append(_paired_line(it, [a[sd][it] for sd in seeds], [b[sd][it] for sd in seeds]))
         lines.append("")
     return lines
 
