@@ -269,6 +269,34 @@ def test_gfl_kd_normalisers_by_hand() -> None:
     assert losses["loss_kd_reg"].item() == pytest.approx(expected, rel=1e-5)
 
 
+
+def test_teacher_temperatures_sharpen_the_targets_by_hand() -> None:
+    """teacher_cls_temperature / teacher_reg_temperature divide the teacher's logits only: the same
+    losses as the reference's with the teacher's logits pre-divided, computed here by hand for one
+    location (KD-QFL target, box weight and distribution all from the tempered teacher)."""
+    student, teacher = small("gfl_r18", 0, num_classes=1, reg_max=1), small("gfl_r18", 1, num_classes=1, reg_max=1)
+    sharp = build_distiller("crosskd", student, teacher, teacher_cls_temperature=0.5, teacher_reg_temperature=0.25)
+    t_cls, p_cls = torch.tensor([[0.4]]), torch.tensor([[0.1]])
+    t_reg, p_reg = torch.zeros(1, 8), torch.zeros(1, 8)
+    t_reg[0, 0] = math.log(2.0) * 0.25  # side 0: softmax(log 2, 0) = [2/3, 1/3] once divided by 0.25
+    assignment = Assignment(gt_index=torch.tensor([[0]]), labels=torch.tensor([[0]]), pos_gt_boxes=torch.zeros(1, 4),
+                            num_pos=torch.tensor(1.0))
+    losses = sharp.prediction_kd_losses(_gfl_outputs(p_cls, p_reg), _gfl_outputs(t_cls, t_reg), assignment)
+    sig = lambda v: 1 / (1 + math.exp(-v))  # noqa: E731
+    t, p = sig(0.8), sig(0.1)  # the teacher's logit 0.4 / 0.5
+    qfl = -(t * math.log(p) + (1 - t) * math.log(1 - p)) * abs(p - t)
+    assert losses["loss_kd_cls"].item() == pytest.approx(qfl, rel=1e-5)
+    kl = 2 / 3 * math.log((2 / 3) / 0.5) + 1 / 3 * math.log((1 / 3) / 0.5)  # one side of four differs
+    assert losses["loss_kd_reg"].item() == pytest.approx(4.0 * kl / 4, rel=1e-5)  # the one weight cancels
+    plain = build_distiller("crosskd", student, teacher).prediction_kd_losses(
+        _gfl_outputs(p_cls, p_reg), _gfl_outputs(t_cls, t_reg), assignment)
+    assert plain["loss_kd_cls"].item() != pytest.approx(qfl, rel=1e-3)  # 1 is the reference: untouched
+    assert "teacher_cls_temperature=0.5" in repr(sharp) and "teacher_cls" not in repr(plain)
+    with pytest.raises(ValueError, match="teacher_cls_temperature must be > 0, got 0"):
+        build_distiller("crosskd", student, teacher, teacher_cls_temperature=0)
+    with pytest.raises(ValueError, match="teacher_reg_temperature applies to box distributions.*ATSSHead"):
+        build_distiller("crosskd", small("atss_r18", 0), small("atss_r18", 1), teacher_reg_temperature=0.5)
+
 def test_fcos_iou_kd_by_hand() -> None:
     distiller = build_distiller("crosskd", small("fcos_r18", 0, num_classes=1), small("fcos_r18", 1, num_classes=1))
     level = lambda cls, reg, ctr: [{"cls": torch.tensor(cls).view(1, 1, 1, 1), "reg": torch.tensor(reg).view(1, 4, 1, 1),  # noqa: E731

@@ -135,7 +135,14 @@ class CrossKD(Distiller):
             the reference's effective behaviour) or ``'pre_relu'`` (after conv + norm, before the ReLU).
         loss_cls_weight, loss_reg_weight, loss_centerness_weight, loss_pkd_weight: ``None``
             takes the family's reference weight (``bbox_head.kd_defaults``).
-        beta: KD-QFL modulation exponent. temperature: GFL distribution KL temperature.
+        beta: KD-QFL modulation exponent. temperature: GFL distribution KL temperature (student
+            and teacher alike, loss scaled by T^2, as in the reference).
+        teacher_cls_temperature, teacher_reg_temperature: divide the *teacher's* class logits (its
+            box-distribution logits, GFL) wherever the KD losses read them (the KD-QFL targets, the
+            box terms' per-location weights, the distribution KL targets); the student's side is
+            unchanged. ``1`` (default) is the reference; below 1 sharpens the targets, above 1
+            softens them, without changing the teacher's ranking of locations (the
+            sharpness experiment of docs/distill_results.md).
         kl_bin_reduction: ``'sum'`` (the reference configs) or ``'mean'`` over GFL's 17 bins.
         align: per-channel statistics alignment of the student feature (the reference: on).
 
@@ -148,7 +155,8 @@ class CrossKD(Distiller):
                  loss_cls_weight: float | None = None, loss_reg_weight: float | None = None,
                  loss_centerness_weight: float | None = None, loss_pkd_weight: float | None = None,
                  beta: float = 1.0, temperature: float = 1.0, align: bool = True, tap: str = "post_relu",
-                 kl_bin_reduction: str = "sum") -> None:
+                 kl_bin_reduction: str = "sum", teacher_cls_temperature: float = 1.0,
+                 teacher_reg_temperature: float = 1.0) -> None:
         super().__init__(student, teacher)
         s_head, t_head = check_pair(student, teacher)
         if mode not in MODES:
@@ -164,14 +172,20 @@ class CrossKD(Distiller):
                              f"teacher stacked_convs {t_head.stacked_convs}), got {self.layer}")
         given = {"cls": loss_cls_weight, "reg": loss_reg_weight, "centerness": loss_centerness_weight, "pkd": loss_pkd_weight}
         self.loss_weights = {k: float(defaults[k] if v is None else v) for k, v in given.items()}
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        for name, value in (("temperature", temperature), ("teacher_cls_temperature", teacher_cls_temperature),
+                            ("teacher_reg_temperature", teacher_reg_temperature)):
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
+        if teacher_reg_temperature != 1 and s_head.reg_distribution_bins is None:
+            raise ValueError(f"teacher_reg_temperature applies to box distributions (GFL); the "
+                             f"{type(s_head).__name__} head regresses boxes directly, got {teacher_reg_temperature}")
         if tap not in TAPS:
             raise ValueError(f"tap must be one of {TAPS}, got {tap!r}")
         if kl_bin_reduction not in ("sum", "mean"):
             raise ValueError(f"kl_bin_reduction must be 'sum' or 'mean', got {kl_bin_reduction!r}")
         self.tap, self.kl_bin_reduction = tap, kl_bin_reduction
         self.beta, self.temperature, self.align = beta, temperature, align
+        self.teacher_cls_temperature, self.teacher_reg_temperature = float(teacher_cls_temperature), float(teacher_reg_temperature)
 
         s_ch, t_ch = _head_channels(s_head, self.layer), _head_channels(t_head, self.layer)
         self.tap_adapters = (nn.ModuleDict({b: nn.Conv2d(s_ch, t_ch, 1) for b in BRANCHES})
@@ -206,6 +220,10 @@ class CrossKD(Distiller):
         student's ``assignment`` (the one its detection losses used)."""
         head = self.student.bbox_head
         p, t = head.flatten(preds), head.flatten(teacher_outputs)
+        if self.teacher_cls_temperature != 1:  # sharpened (< 1) or softened (> 1) targets; teacher only
+            t = {**t, "cls": t["cls"] / self.teacher_cls_temperature}
+        if self.teacher_reg_temperature != 1:
+            t = {**t, "reg": t["reg"] / self.teacher_reg_temperature}
         valid = assignment.valid.to(p["cls"].dtype)
         # The reference averages FCOS's KD terms by the sum of centerness targets (its bbox-loss
         # normaliser) and the other families' by the number of positives.
@@ -276,4 +294,6 @@ class CrossKD(Distiller):
         return losses
 
     def extra_repr(self) -> str:
-        return f"mode={self.mode!r}, layer={self.layer}, tap={self.tap!r}, loss_weights={self.loss_weights}"
+        extra = "".join(f", {k}={getattr(self, k)}" for k in ("teacher_cls_temperature", "teacher_reg_temperature")
+                        if getattr(self, k) != 1)
+        return f"mode={self.mode!r}, layer={self.layer}, tap={self.tap!r}, loss_weights={self.loss_weights}{extra}"
