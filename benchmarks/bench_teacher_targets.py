@@ -18,7 +18,12 @@ teacher) is from them:
   head widths CrossKD's 1x1 adapter is learned during distillation, and an untrained one makes
   them noise.)
 * with ``--distilled``: the KD losses distillation runs logged while training (the learned adapter
-  included), averaged over windows of their schedule and grouped by the teacher they came from.
+  included), averaged over windows of their schedule and grouped by the teacher they came from
+  (and the teacher temperatures they used);
+* with ``--teacher-temperature CLS BOX``: every teacher again with its class logits divided by CLS
+  and its box-distribution logits by BOX (CrossKD's ``teacher_cls_temperature`` and
+  ``teacher_reg_temperature``): how far a temperature moves the measures above, e.g. to sharpen
+  one teacher to another's entropy without changing its ranking of locations.
 
     python benchmarks/bench_teacher_targets.py --student runs/shapes_t1200_2400/gfl_student_s0 \\
         --student runs/shapes_t1200_2400/gfl_student_s1 --student runs/shapes_t1200_2400/gfl_student_s2 \\
@@ -26,8 +31,9 @@ teacher) is from them:
         --distilled runs/shapes_t1200_2400/gfl_crosskd_s0 ... --distilled runs/shapes_t2400_2400/gfl_crosskd_s0 ... \\
         --json docs/teacher_targets_t1200_t2400.json
 
-The students and the teachers are finished run directories of the same data (their ``recipe.yaml``
-names it); models run in eval mode on the CPU, batch 8.
+The students are finished run directories of the same data (their ``recipe.yaml`` names it); a
+teacher is a run directory or a registered pretrained name (``gfl_r10t.shapes``, the embedded
+teacher); models run in eval mode on the CPU, batch 8.
 """
 from __future__ import annotations
 
@@ -51,6 +57,27 @@ def load_run(run: Path) -> torch.nn.Module:
     return create_detector(f"local-dir:{run}", pretrained=True).eval()
 
 
+def load_teacher(spec: str) -> torch.nn.Module:
+    """A teacher from a run directory or, if ``spec`` is not a directory, a pretrained name."""
+    if Path(spec).is_dir():
+        return load_run(Path(spec))
+    try:
+        return create_detector(spec, pretrained=True).eval()
+    except (RuntimeError, ValueError) as e:
+        raise SystemExit(f"--teacher {spec}: neither a run directory nor a loadable pretrained name ({e})") from e
+
+
+def teacher_label(spec: str, temps: tuple[float, float] = (1.0, 1.0)) -> str:
+    """The table's column: the teacher as given, with its temperatures unless they are the reference's."""
+    return spec if temps == (1.0, 1.0) else f"{spec}, temperatures cls {temps[0]:g}, box {temps[1]:g}"
+
+
+def teacher_id(spec: str) -> str:
+    """What identifies a teacher across spellings: a path resolved (links to one run are one
+    teacher), a pretrained name (no ``/``) as it is."""
+    return str(Path(spec).resolve()) if "/" in spec or Path(spec).exists() else spec
+
+
 def val_data(run: Path) -> CocoDetection:
     d = yaml.safe_load((run / "recipe.yaml").read_text())["data"]
     if d.get("format", "coco") != "coco":
@@ -67,12 +94,15 @@ def _bits(p: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetection, batch: int = 8,
-            limit: int | None = None) -> dict[str, float]:
+            limit: int | None = None, temps: tuple[float, float] = (1.0, 1.0)) -> dict[str, float]:
+    """The measures of the module docstring for one student and one teacher, whose class and box
+    logits are divided by ``temps`` (the mimicking losses use the same tempered targets)."""
     head = student.bbox_head
     if head.reg_distribution_bins is None or teacher.bbox_head.reg_distribution_bins is None:
         raise SystemExit(f"measure: student {student.arch_name!r} and teacher {teacher.arch_name!r} must both predict "
                          "box distributions (GFL); this script reads the entropy of those distributions")
-    mimic = build_distiller("crosskd", student, teacher, mode="mimic").eval()
+    mimic = build_distiller("crosskd", student, teacher, mode="mimic", teacher_cls_temperature=temps[0],
+                            teacher_reg_temperature=temps[1]).eval()
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
 
@@ -92,7 +122,7 @@ def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetect
         assignment = head.loss_and_assignment(s_out, t, b.image_sizes)[1]
         flat = head.flatten(t_out)
         valid, pos = assignment.valid, assignment.positive
-        prob = flat["cls"].sigmoid()  # [N, P, C]
+        prob = (flat["cls"] / temps[0]).sigmoid()  # [N, P, C]
         ent = _bits(prob).mean(-1)  # per location, over the classes
         top = prob.amax(-1)
         add("cls entropy, all", float(ent[valid].sum()), float(valid.sum()))
@@ -100,7 +130,7 @@ def measure(student: torch.nn.Module, teacher: torch.nn.Module, data: CocoDetect
         add("top score, positives", float(top[pos].sum()), float(pos.sum()))
         add("locations with top score >= 0.05", float((top[valid] >= 0.05).sum()), float(valid.sum()))
         bins = head.reg_distribution_bins
-        dist = flat["reg"].reshape(*top.shape, 4, bins).softmax(-1)
+        dist = (flat["reg"] / temps[1]).reshape(*top.shape, 4, bins).softmax(-1)
         side_ent = -(dist * dist.clamp_min(1e-12).log2()).sum(-1).mean(-1)  # [N, P]
         w = top * valid
         add("box distribution entropy (score-weighted)", float((side_ent * w).sum()), float(w.sum()))
@@ -114,16 +144,21 @@ WINDOWS = ((0, 300), (300, 1200), (1200, None))  # iterations (start, end]; None
 
 def logged_kd(runs: list[Path]) -> dict[str, dict[str, list[float]]]:
     """For each teacher (the runs' ``teacher.checkpoint``, resolved: links to one run are one
-    teacher), the logged ``loss_kd_*`` of its distilled runs, by distillation mode, each averaged
-    over the iterations of every window in ``WINDOWS``: one value per run."""
+    teacher; or ``teacher.name``) and the teacher temperatures the run used (:func:`teacher_label`
+    of :func:`teacher_id`), the logged ``loss_kd_*`` of its distilled runs, by distillation mode,
+    each averaged over the iterations of every window in ``WINDOWS``: one value per run."""
     out: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         recipe = yaml.safe_load((run / "recipe.yaml").read_text())
-        teacher = (recipe.get("teacher") or {}).get("checkpoint")
+        teacher = recipe.get("teacher") or {}
+        teacher = teacher.get("checkpoint") or teacher.get("name")
         if not teacher or not (run / "metrics.jsonl").is_file():
             raise SystemExit(f"--distilled {run}: expected a distillation run directory with recipe.yaml "
-                             "(teacher.checkpoint set) and metrics.jsonl")
-        mode = ((recipe.get("distill") or {}).get("options") or {}).get("mode", "crosskd")
+                             "(teacher.checkpoint or teacher.name set) and metrics.jsonl")
+        options = (recipe.get("distill") or {}).get("options") or {}
+        mode = options.get("mode", "crosskd")
+        temps = (float(options.get("teacher_cls_temperature", 1.0)), float(options.get("teacher_reg_temperature", 1.0)))
+        group = teacher_label(teacher_id(teacher), temps)
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         rows = [r for r in rows if "loss_kd_cls" in r]
         for key in sorted({k for r in rows for k in r if k.startswith("loss_kd")}):
@@ -131,7 +166,7 @@ def logged_kd(runs: list[Path]) -> dict[str, dict[str, list[float]]]:
                 vals = [r[key] for r in rows if key in r and lo < r["iter"] and (hi is None or r["iter"] <= hi)]
                 if vals:
                     name = f"logged {mode} {key}, iterations {lo}-{hi if hi is not None else 'end'}"
-                    out.setdefault(str(Path(teacher).resolve()), {}).setdefault(name, []).append(statistics.mean(vals))
+                    out.setdefault(group, {}).setdefault(name, []).append(statistics.mean(vals))
     return out
 
 
@@ -144,29 +179,38 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", type=Path, action="append", required=True,
                     help="a finished student run trained without a teacher (repeat: the table shows the mean and range)")
-    ap.add_argument("--teacher", type=Path, action="append", required=True, help="a finished teacher run (repeat)")
+    ap.add_argument("--teacher", action="append", required=True,
+                    help="a finished teacher run, or a pretrained name such as gfl_r10t.shapes (repeat)")
+    ap.add_argument("--teacher-temperature", nargs=2, type=float, action="append", default=[], metavar=("CLS", "BOX"),
+                    help="also measure every teacher with its class / box logits divided by these (repeat)")
     ap.add_argument("--distilled", type=Path, action="append", default=[],
                     help="a finished distillation run from one of the teachers (repeat): its logged KD losses")
     ap.add_argument("--limit", type=int, default=None, help="first N validation images only")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     args = ap.parse_args()
     data = val_data(args.student[0])
-    teachers = {str(run): load_run(run) for run in args.teacher}
-    # results[teacher][measure]: one value per student
-    results: dict[str, dict[str, list[float]]] = {t: {} for t in teachers}
+    for cls_t, box_t in args.teacher_temperature:
+        if not (cls_t > 0 and box_t > 0):
+            raise SystemExit(f"--teacher-temperature {cls_t:g} {box_t:g}: both must be > 0")
+    teachers = {spec: load_teacher(spec) for spec in args.teacher}
+    temps = [(1.0, 1.0)] + [tuple(t) for t in args.teacher_temperature if tuple(t) != (1.0, 1.0)]
+    # results[column][measure]: one value per student; a column is a teacher at one pair of temperatures
+    results: dict[str, dict[str, list[float]]] = {teacher_label(t, tt): {} for t in teachers for tt in temps}
     for s_run in args.student:
         student = load_run(s_run)
         for t, teacher in teachers.items():
-            for k, v in measure(student, teacher, data, limit=args.limit).items():
-                results[t].setdefault(k, []).append(v)
-    for run in args.teacher:
-        ev = run / "eval.json"
-        results[str(run)]["teacher AP"] = [json.loads(ev.read_text())["AP"] if ev.is_file() else math.nan]
-    for teacher, logged in logged_kd(args.distilled).items():
-        match = [t for t in results if Path(t).resolve() == Path(teacher).resolve()]
-        if not match:
-            raise SystemExit(f"--distilled: a run distilled from {teacher}, which is not one of the --teacher runs")
-        results[match[0]].update(logged)
+            for tt in temps:
+                for k, v in measure(student, teacher, data, limit=args.limit, temps=tt).items():
+                    results[teacher_label(t, tt)].setdefault(k, []).append(v)
+    for spec in args.teacher:  # the AP its run recorded (none for a pretrained name)
+        ev = Path(spec) / "eval.json"
+        results[spec]["teacher AP"] = [json.loads(ev.read_text())["AP"] if ev.is_file() else math.nan]
+    columns = {teacher_label(teacher_id(t), tt): teacher_label(t, tt) for t in teachers for tt in temps}
+    for group, logged in logged_kd(args.distilled).items():
+        if group not in columns:
+            raise SystemExit(f"--distilled: runs distilled from {group}, which is not one of the --teacher columns "
+                             f"({', '.join(columns.values())}); add the teacher or its --teacher-temperature")
+        results[columns[group]].update(logged)
     n = len(data) if args.limit is None else min(args.limit, len(data))
     print(f"students (without a teacher): {', '.join(map(str, args.student))} ({n} val images; mean over the students, range in brackets)\n")
     print("| measure | " + " | ".join(f"`{t}`" for t in results) + " |")

@@ -72,6 +72,30 @@ def test_constant_teacher_by_hand(bench, bias: float) -> None:
     assert got["box distribution entropy (score-weighted)"] == pytest.approx(math.log2(17), rel=1e-5)  # 17 uniform bins
 
 
+
+def test_teacher_temperatures_by_hand(bench) -> None:
+    """A constant teacher (class logit -2, one box bin of 17 at logit c on every side) at temperatures
+    (0.5, 2): the measures of sigmoid(-2 / 0.5) and of the bin's logit c / 2, by hand."""
+    teacher = small(1)
+    head = teacher.bbox_head
+    c = 3.0
+    nn.init.zeros_(head.gfl_cls.weight)
+    nn.init.constant_(head.gfl_cls.bias, -2.0)
+    nn.init.zeros_(head.gfl_reg.weight)
+    with torch.no_grad():
+        head.gfl_reg.bias.copy_(torch.tensor([c if j % 17 == 0 else 0.0 for j in range(68)]))
+    got = bench.measure(small(0), teacher, data(), batch=3, temps=(0.5, 2.0))
+    p = 1 / (1 + math.exp(4.0))
+    assert got["cls entropy, all"] == pytest.approx(-(p * math.log2(p) + (1 - p) * math.log2(1 - p)), rel=1e-4)
+    assert got["top score, positives"] == pytest.approx(p, rel=1e-5)
+    assert got["locations with top score >= 0.05"] == 0.0  # 0.018 once sharpened (0.119 at temperature 1)
+    q = math.exp(c / 2) / (math.exp(c / 2) + 16)  # the peaked bin; the other 16 share the rest
+    r = (1 - q) / 16
+    assert got["box distribution entropy (score-weighted)"] == pytest.approx(-(q * math.log2(q) + 16 * r * math.log2(r)), rel=1e-5)
+    plain = bench.measure(small(0), teacher, data(), batch=3)
+    assert plain["locations with top score >= 0.05"] == 100.0
+    assert plain["mimic loss_kd_cls"] != pytest.approx(got["mimic loss_kd_cls"], rel=1e-3)  # tempered targets
+
 def test_teacher_equal_to_student_gives_zero_mimicking_loss(bench) -> None:
     student = small(0)
     twin = small(0)
@@ -119,6 +143,20 @@ def test_logged_kd_links_to_one_teacher_are_one(bench, tmp_path: Path) -> None:
     assert list(got) == [str((tmp_path / "teacher").resolve())]
     assert got[str((tmp_path / "teacher").resolve())]["logged crosskd loss_kd_cls, iterations 0-300"] == [1.0, 1.0]
 
+
+
+def test_logged_kd_groups_by_teacher_name_and_temperatures(bench, tmp_path: Path) -> None:
+    rows = [{"iter": 100, "loss_kd_cls": 1.0, "loss_kd_reg": 2.0}]
+    plain = _fake_run(tmp_path / "a", "runs/t1", "crosskd", rows)
+    sharp = tmp_path / "b"
+    sharp.mkdir()
+    (sharp / "recipe.yaml").write_text("teacher:\n  name: gfl_r10t.shapes\n  pretrained: true\ndistill:\n  method: crosskd\n"
+                                       "  options:\n    teacher_cls_temperature: 0.5\n")
+    (sharp / "metrics.jsonl").write_text(json.dumps({"iter": 100, "loss_kd_cls": 3.0, "loss_kd_reg": 4.0}) + "\n")
+    got = bench.logged_kd([plain, sharp])
+    assert set(got) == {str(Path("runs/t1").resolve()), "gfl_r10t.shapes, temperatures cls 0.5, box 1"}
+    assert got["gfl_r10t.shapes, temperatures cls 0.5, box 1"]["logged crosskd loss_kd_reg, iterations 0-300"] == [4.0]
+    assert bench.teacher_label("gfl_r10t.shapes") == bench.teacher_id("gfl_r10t.shapes") == "gfl_r10t.shapes"
 
 def test_a_head_without_box_distributions_is_refused(bench) -> None:
     torch.manual_seed(0)
