@@ -76,6 +76,13 @@ INTROS = {  # where each regime's runs come from
                 "`seed=S schedule.iters=2400 eval_interval=300 report=false teacher.checkpoint=` that run, "
                 "`output_dir=runs/shapes_t2400_2400/gfl_{crosskd,mimic,crosskd_pkd}_sS`; the baselines are the 12x rows' (the same "
                 "student recipe, seeds and schedule, taken from docs/distill_t1200x12.json) (CPU)",
+    "sharp6x": "from the GFL teacher that ships with the package (`gfl_r10t.shapes`: the 58.6-AP, 1200-iteration "
+               "teacher of the t1200x6 rows, stored in fp16) at 6x the student budget: the CrossKD recipe with that teacher "
+               "(`recipes/shapes/make_run/gfl_crosskd.yaml`) and `seed=S schedule.iters=1200 eval_interval=300 "
+               "report=false`, the teacher's class logits divided by 0.7 before they become targets "
+               "(`distill.options.teacher_cls_temperature=0.7`, `output_dir=runs/shapes_sharp_1200/gfl_crosskd_sharp_sS`) "
+               "and, as the check that the fp16 teacher teaches as its fp32 run did, without "
+               "(`.../gfl_crosskd_s0`); the baselines are the 6x rows' (taken from docs/distill_t1200x6.json) (CPU)",
     "frcnn3x": "from the short regime's Faster R-CNN recipes at 3x the budget: the teacher recipe at `schedule.iters=800 "
                "eval_interval=200 output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher` (twice its short-regime "
                "budget), the student and TADF recipes with `seed=S schedule.iters=600 eval_interval=150 "
@@ -174,10 +181,19 @@ def plan(ablations: bool = False) -> list[Run]:
     return runs
 
 
+#: Rows of the CPU experiments that no GPU plan runs; ``collect`` reads them where they exist.
+#: CrossKD from a teacher whose class scores are sharpened by a temperature (docs/distill_results.md,
+#: "Is it the sharpness?"), calibrated on the embedded 58.6-AP teacher.
+SHARP = 0.7
+EXTRA = [Run(f"gfl_crosskd_sharp_s{s}", "gfl", f"CrossKD, teacher scores at temperature {SHARP:g}", REC + "gfl_crosskd.yaml",
+             [f"distill.options.teacher_cls_temperature={SHARP:g}"], seed=s, teacher="gfl_teacher", kind="distill",
+             curve=True) for s in SEEDS]
+
+
 def every_run() -> list[Run]:
-    """The runs ``collect`` looks for: the default plan's and the ablations' (without doubles)."""
+    """The runs ``collect`` looks for: the default plan's, the ablations' and ``EXTRA`` (without doubles)."""
     out = {r.name: r for r in plan()}
-    out.update({r.name: r for r in plan(ablations=True) if r.name not in out})
+    out.update({r.name: r for r in plan(ablations=True) + EXTRA if r.name not in out})
     return list(out.values())
 
 
@@ -519,21 +535,25 @@ def _paired_line(point: object, av: list[float], bv: list[float]) -> str:
     return f"| {point} | {statistics.mean(bv):.1f} | {statistics.mean(av):.1f} | {delta} | {per} |"
 
 
-def versus(rows: dict, other: dict, name: str, other_name: str) -> str:
+def versus(rows: dict, other: dict, name: str, other_name: str, pairs: list[tuple[str, str]] = ()) -> str:
     """Row against row between two saved regimes that differ in one thing (e.g. the teacher): for
     every distilled row both have, the paired per-seed difference ``rows - other`` at the end and at
-    every iteration both evaluated, over the seeds both ran."""
+    every iteration both evaluated, over the seeds both ran. ``pairs`` ((label in ``rows``, label in
+    ``other``)) compares rows of different names too, after those of the same name."""
     lines = []
+    same = [(label, label) for fam in rows.values() for label in fam if label not in ("teacher", "student baseline")]
     for family, fam in rows.items():
-        for label, r in fam.items():
-            o = other.get(family, {}).get(label)
-            if label in ("teacher", "student baseline") or o is None:
+        for label, other_label in list(dict.fromkeys(same + list(pairs))):
+            r, o = fam.get(label), other.get(family, {}).get(other_label)
+            if r is None or o is None:
                 continue
             a, b = dict(zip(r["seeds"], r["AP"])), dict(zip(o["seeds"], o["AP"]))
             seeds = [sd for sd in r["seeds"] if sd in b]
             if not seeds:
                 continue
-            lines += [f"{family} {label}, {name} minus {other_name} (seed{'s' if len(seeds) > 1 else ''} "
+            what = (f"{label}, {name} minus {other_name}" if label == other_label
+                    else f"{label} ({name}) minus {other_label} ({other_name})")
+            lines += [f"{family} {what} (seed{'s' if len(seeds) > 1 else ''} "
                       f"{', '.join(map(str, seeds))}; Δ paired per seed, 95 % interval):", "",
                       f"| iteration | {other_name} | {name} | Δ | per seed |", "|---|---|---|---|---|"]
             ca = {str(sd): dict(r["curves"].get(str(sd), [])) for sd in seeds}
@@ -680,6 +700,8 @@ def main() -> None:
     v.add_argument("--out", default="docs")
     v.add_argument("--tag", required=True, choices=sorted(INTROS))
     v.add_argument("--against", required=True, choices=sorted(INTROS))
+    v.add_argument("--rows", nargs=2, action="append", default=[], metavar=("ROW", "AGAINST_ROW"),
+                   help="also compare row ROW of --tag with row AGAINST_ROW of --against (repeatable)")
     args = ap.parse_args()
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from _md import block_head, replace_block
@@ -699,10 +721,20 @@ def main() -> None:
         for path in saved:
             if not path.is_file():
                 raise SystemExit(f"versus: expected {path}; run `collect` for that regime first")
-        text = versus(*(json.loads(path.read_text()) for path in saved), args.tag, args.against)
+        loaded = [json.loads(path.read_text()) for path in saved]
+        for label, other_label in args.rows:
+            for rows, lbl, tag in ((loaded[0], label, args.tag), (loaded[1], other_label, args.against)):
+                if not any(lbl in fam for fam in rows.values()):
+                    have = sorted({k for fam in rows.values() for k in fam})
+                    raise SystemExit(f"versus --rows: no row {lbl!r} in {tag}'s results (rows: {', '.join(have)})")
+        text = versus(*loaded, args.tag, args.against, [tuple(p) for p in args.rows])
+        if not text:
+            raise SystemExit(f"versus: {args.tag} and {args.against} share no distilled row with a seed in common; "
+                             "name rows to compare with --rows")
+        rows_arg = "".join(f" --rows '{a}' '{b}'" for a, b in args.rows)
         replace_block(ROOT / args.out / "distill_results.md", f"{args.tag}-vs-{args.against}",
                       f"Produced by `python benchmarks/bench_converged.py versus --tag {args.tag} --against "
-                      f"{args.against}` (COCO AP in %, the final evaluation and every iteration both regimes "
+                      f"{args.against}{rows_arg}` (COCO AP in %, the final evaluation and every iteration both regimes "
                       "evaluated).\n\n" + text)
         print(text)
         return

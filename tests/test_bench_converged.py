@@ -297,3 +297,46 @@ def test_versus_pairs_two_regimes_by_seed(bench, tmp_path: Path) -> None:
     out = page.read_text()
     assert "`python benchmarks/bench_converged.py versus --tag long --against x6`" in out and "\nold\n" not in out
     assert "| final | 16.5 | 14.0 | -2.5 [-8.9, +3.9] | -3.0, -2.0 |" in out and out.endswith("prose after\n")
+
+
+def test_versus_pairs_rows_of_different_names(bench, tmp_path: Path) -> None:
+    import subprocess
+
+    def row(aps, curves):
+        return {"seeds": [0, 1, 2][:len(aps)], "AP": aps, "AP50": aps, "iters": 100, "curves": curves}
+
+    sharp = {"gfl": {"CrossKD": row([15.0], {}),
+                     "CrossKD, teacher scores at temperature 0.7": row([10.0, 11.0, 12.5],
+                                                                        {"0": [[50, 6.0], [100, 10.0]], "1": [[50, 7.0], [100, 11.0]],
+                                                                         "2": [[50, 9.0], [100, 12.5]]})}}
+    plain = {"gfl": {"CrossKD": row([14.0, 13.0, 14.5], {"0": [[50, 8.0], [100, 14.0]], "1": [[50, 8.0], [100, 13.0]],
+                                                          "2": [[50, 9.0], [100, 14.5]]})}}
+    text = bench.versus(sharp, plain, "sharp", "plain", [("CrossKD, teacher scores at temperature 0.7", "CrossKD")])
+    # The row of the same name first (seed 0 only: +1.0), then the named pair: -4, -2, -2 at the end.
+    assert text.index("gfl CrossKD, sharp minus plain (seed 0;") < text.index(
+        "gfl CrossKD, teacher scores at temperature 0.7 (sharp) minus CrossKD (plain) (seeds 0, 1, 2;")
+    assert "| final | 14.0 | 15.0 | +1.0 | +1.0 |" in text  # one seed: no interval
+    # 4.303 * std(-4, -2, -2) / sqrt 3 = 4.303 * 1.1547 / 1.732 = 2.87
+    assert "| final | 13.8 | 11.2 | -2.7 [-5.5, +0.2] | -4.0, -2.0, -2.0 |" in text
+    assert "| 50 | 8.3 | 7.3 | -1.0 [-3.5, +1.5] | -2.0, -1.0, +0.0 |" in text
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "distill_sharp6x.json").write_text(json.dumps(sharp))
+    (docs / "distill_t1200x6.json").write_text(json.dumps(plain))
+    (docs / "distill_results.md").write_text("<!-- sharp6x-vs-t1200x6:begin -->\n<!-- sharp6x-vs-t1200x6:end -->\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_converged.py"), "versus", "--tag", "sharp6x", "--against",
+           "t1200x6", "--out", str(docs), "--rows", "CrossKD, sharp", "CrossKD"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "no row 'CrossKD, sharp' in sharp6x's results" in res.stderr
+    cmd[-2] = "CrossKD, teacher scores at temperature 0.7"
+    subprocess.run(cmd, check=True, capture_output=True)
+    out = (docs / "distill_results.md").read_text()
+    assert "--rows 'CrossKD, teacher scores at temperature 0.7' 'CrossKD'`" in out
+    assert "| final | 13.8 | 11.2 | -2.7 [-5.5, +0.2] | -4.0, -2.0, -2.0 |" in out
+
+
+def test_collect_reads_the_sharpened_teacher_rows(bench) -> None:
+    run = {r.name: r for r in bench.every_run()}["gfl_crosskd_sharp_s1"]
+    assert (run.label, run.seed, run.overrides) == ("CrossKD, teacher scores at temperature 0.7", 1,
+                                                    ["distill.options.teacher_cls_temperature=0.7"])
+    assert "gfl_crosskd_sharp_s1" not in {r.name for r in bench.plan(ablations=True)}  # never trained by the GPU plan
