@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -204,7 +203,8 @@ def main() -> None:
                     results[teacher_label(t, tt)].setdefault(k, []).append(v)
     for spec in args.teacher:  # the AP its run recorded (none for a pretrained name)
         ev = Path(spec) / "eval.json"
-        results[spec]["teacher AP"] = [json.loads(ev.read_text())["AP"] if ev.is_file() else math.nan]
+        if ev.is_file():
+            results[spec]["teacher AP"] = [json.loads(ev.read_text())["AP"]]
     columns = {teacher_label(teacher_id(t), tt): teacher_label(t, tt) for t in teachers for tt in temps}
     for group, logged in logged_kd(args.distilled).items():
         if group not in columns:
