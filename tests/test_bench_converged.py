@@ -59,8 +59,9 @@ def test_plan_ablations_add_tadf_rows_for_every_seed(bench, tmp_path: Path) -> N
         assert {r.name.removesuffix(f"_s{s}"): r.label for r in bench.plan(ablations=True)
                 if "sweep" in r.name and r.seed == s} == sweep0
     assert len(extra) == 9 + 10
-    # collect looks for both plans' runs: the default's constant-decay sweep row too
-    assert {r.name for r in bench.every_run()} == base | {r.name for r in extra}
+    # collect looks for both plans' runs (the default's constant-decay sweep row too) and the CPU-only rows
+    assert {r.name for r in bench.every_run()} == base | {r.name for r in extra} | {r.name for r in bench.EXTRA}
+    assert len(bench.EXTRA) == 6
     for r in extra:  # every override is a key the TADF recipe accepts, with the value asked for
         cmd = bench.command(r, tmp_path, iters=100, evals=4)
         rec = load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a])
@@ -335,10 +336,13 @@ def test_versus_pairs_rows_of_different_names(bench, tmp_path: Path) -> None:
     assert "| final | 13.8 | 11.2 | -2.7 [-5.5, +0.2] | -4.0, -2.0, -2.0 |" in out
 
 
-def test_collect_reads_the_sharpened_teacher_rows(bench) -> None:
+def test_collect_reads_the_sharpened_teacher_rows(bench, tmp_path: Path) -> None:
     run = {r.name: r for r in bench.every_run()}["gfl_crosskd_sharp_s1"]
     assert (run.label, run.seed, run.overrides) == ("CrossKD, teacher scores at temperature 0.7", 1,
                                                     ["distill.options.teacher_cls_temperature=0.7"])
+    (tmp_path / "gfl_teacher").mkdir()  # the recipe checks that the teacher run exists
+    cmd = bench.command(run, tmp_path, iters=100, evals=4)
+    assert load_recipe(ROOT / cmd[3], [a for a in cmd[4:] if "=" in a]).distill.options["teacher_cls_temperature"] == 0.7
     soft = {r.name: r for r in bench.every_run()}["gfl_crosskd_soft_s2"]
     assert (soft.label, soft.overrides) == ("CrossKD, teacher scores at temperature 1.4",
                                             ["distill.options.teacher_cls_temperature=1.4"])
