@@ -654,7 +654,11 @@ def plot_kept_series(series: list[tuple[str, dict]], path: Path, window: int = 1
         ax.set_xlabel("iteration")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:  # e.g. a regression-only run has no classification share
+            ax.text(0.5, 0.5, f"no run logged {window} steps of {key}", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
