@@ -29,7 +29,7 @@ teacher) is from them:
         --student runs/shapes_t1200_2400/gfl_student_s1 --student runs/shapes_t1200_2400/gfl_student_s2 \\
         --teacher runs/shapes_t1200/gfl_teacher_1200 --teacher runs/shapes_t2400/gfl_teacher_2400 \\
         --distilled runs/shapes_t1200_2400/gfl_crosskd_s0 ... --distilled runs/shapes_t2400_2400/gfl_crosskd_s0 ... \\
-        --json docs/teacher_targets_t1200_t2400.json
+        --json docs/teacher_targets_t1200_t2400.json --block teacher-targets
 
 The students are finished run directories of the same data (their ``recipe.yaml`` names it); a
 teacher is a run directory or a registered pretrained name (``gfl_r10t.shapes``, the embedded
@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
@@ -174,6 +175,23 @@ def _cell(v: list[float]) -> str:
     return f"{statistics.mean(v):.3f}{spread}"
 
 
+def render_table(results: dict[str, dict[str, list[float]]]) -> str:
+    """The Markdown table: one column per teacher (at one pair of temperatures), one row per measure."""
+    lines = ["| measure | " + " | ".join(f"`{t}`" for t in results) + " |", "|---|" + "---|" * len(results)]
+    for k in dict.fromkeys(k for r in results.values() for k in r):
+        lines.append(f"| {k} | " + " | ".join(_cell(r[k]) if k in r else "" for r in results.values()) + " |")
+    return "\n".join(lines)
+
+
+def write_block(page: Path, name: str, table: str, command: str) -> None:
+    """Put ``table`` into the block ``name`` of ``page``, under the block's first paragraph (where the
+    numbers came from, written by hand) if it has one, else under ``Produced by `command```."""
+    from _md import block_head, replace_block
+
+    head = block_head(page, name) or f"Produced by `{command}`."
+    replace_block(page, name, head + "\n\n" + table)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--student", type=Path, action="append", required=True,
@@ -186,6 +204,10 @@ def main() -> None:
                     help="a finished distillation run from one of the teachers (repeat): its logged KD losses")
     ap.add_argument("--limit", type=int, default=None, help="first N validation images only")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    ap.add_argument("--block", default=None,
+                    help="also write the table into the block <!-- BLOCK:begin --> of --page, keeping the block's "
+                         "first paragraph (e.g. teacher-targets)")
+    ap.add_argument("--page", type=Path, default=Path(__file__).resolve().parents[1] / "docs" / "distill_results.md")
     args = ap.parse_args()
     data = val_data(args.student[0])
     for cls_t, box_t in args.teacher_temperature:
@@ -213,11 +235,11 @@ def main() -> None:
         results[columns[group]].update(logged)
     n = len(data) if args.limit is None else min(args.limit, len(data))
     print(f"students (without a teacher): {', '.join(map(str, args.student))} ({n} val images; mean over the students, range in brackets)\n")
-    print("| measure | " + " | ".join(f"`{t}`" for t in results) + " |")
-    print("|---|" + "---|" * len(results))
-    keys = list(dict.fromkeys(k for r in results.values() for k in r))
-    for k in keys:
-        print(f"| {k} | " + " | ".join(_cell(r[k]) if k in r else "" for r in results.values()) + " |")
+    table = render_table(results)
+    print(table)
+    if args.block:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        write_block(args.page, args.block, table, "python benchmarks/bench_teacher_targets.py " + " ".join(sys.argv[1:]))
     if args.json:
         args.json.write_text(json.dumps({"students": list(map(str, args.student)), "val_images": n,
                                          "teachers": results}, indent=1))

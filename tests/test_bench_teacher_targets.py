@@ -163,3 +163,21 @@ def test_a_head_without_box_distributions_is_refused(bench) -> None:
     atss = create_detector("atss_r18", num_classes=3, fpn_channels=32, input_size=(SIZE, SIZE)).eval()
     with pytest.raises(SystemExit, match=r"teacher 'atss_r18' must both predict box distributions"):
         bench.measure(small(0), atss, data())
+
+
+def test_table_into_a_docs_block_keeps_its_first_paragraph(bench, tmp_path: Path) -> None:
+    import sys
+    sys.path.insert(0, str(BENCH))  # the script's own import path for benchmarks/_md.py
+    results = {"runs/t1": {"cls entropy, all": [0.0681, 0.0683], "teacher AP": [58.6]},
+               "gfl_r10t.shapes, temperatures cls 0.7, box 1": {"cls entropy, all": [0.0242]}}
+    table = bench.render_table(results)
+    assert table.splitlines() == [
+        "| measure | `runs/t1` | `gfl_r10t.shapes, temperatures cls 0.7, box 1` |", "|---|---|---|",
+        "| cls entropy, all | 0.068 | 0.024 |", "| teacher AP | 58.600 |  |"]  # a 0.0002 range: no brackets
+    page = tmp_path / "page.md"
+    page.write_text("# p\n\n<!-- tt:begin -->\nWhere these came from, by hand.\n\n| old |\n<!-- tt:end -->\n\nafter\n")
+    bench.write_block(page, "tt", table, "python benchmarks/bench_teacher_targets.py --x")
+    text = page.read_text()
+    assert "Where these came from, by hand.\n\n| measure |" in text and "| old |" not in text and text.endswith("after\n")
+    bench.write_block(page, "new", table, "python benchmarks/bench_teacher_targets.py --x")
+    assert "<!-- new:begin -->\nProduced by `python benchmarks/bench_teacher_targets.py --x`.\n\n| measure |" in page.read_text()
