@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 
 __all__ = ["atomic_write", "current_umask", "CHECKPOINT_FILE", "CheckpointError", "rng_state", "set_rng_state",
-           "model_state", "save_checkpoint", "read_checkpoint", "load_checkpoint", "fits", "check_fits"]
+           "model_state", "save_checkpoint", "read_checkpoint", "load_checkpoint", "is_training_checkpoint",
+           "checkpoint_weights", "fits", "check_fits"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 _REQUIRED = ("model", "optimizer", "iteration", "rng")
@@ -162,6 +163,24 @@ def load_checkpoint(state: dict[str, Any], path: Path, model: nn.Module, optimiz
     rngs = state["rng"]
     set_rng_state(rngs[rank] if len(rngs) == world_size else rngs[0])
     return int(state["iteration"])
+
+
+def is_training_checkpoint(state: Any) -> bool:
+    """Whether ``state`` (a loaded file) is a ``checkpoint.pt`` that kdzoo.train wrote."""
+    return isinstance(state, dict) and all(k in state for k in _REQUIRED) and isinstance(state["model"], dict)
+
+
+def checkpoint_weights(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The plain detector's weights a training checkpoint holds: what the run's ``model.safetensors``
+    would hold had it ended at that iteration. With the EMA hook on, the averaged student (the one the
+    run evaluates and saves); otherwise the trained model, a distiller's student without its adapters."""
+    ema = (state.get("hooks") or {}).get("ema")
+    if isinstance(ema, dict) and isinstance(ema.get("module"), dict):
+        return dict(ema["module"])
+    weights = state["model"]
+    if any(k.startswith("student.") for k in weights):  # a distiller: a detector has no ``student`` module
+        return {k[len("student."):]: v for k, v in weights.items() if k.startswith("student.")}
+    return dict(weights)
 
 
 def _first_sentence(error: BaseException) -> str:

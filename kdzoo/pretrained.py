@@ -32,6 +32,8 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .checkpoint import checkpoint_weights, is_training_checkpoint
+
 _log = logging.getLogger(__name__)
 
 __all__ = ["PretrainedCfg", "load_pretrained", "no_weights_error", "load_state_dict_checked", "gdrive_cache_path", "gdrive_url",
@@ -386,6 +388,8 @@ def load_pretrained(model: nn.Module, cfg: PretrainedCfg, *, num_classes: int | 
     state_dict = _read_checkpoint(cfg)
     if isinstance(state_dict, dict) and "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
         state_dict = state_dict["state_dict"]  # MMDetection checkpoints wrap weights with meta
+    elif is_training_checkpoint(state_dict):  # a run's checkpoint.pt, e.g. a teacher part-way through training
+        state_dict = checkpoint_weights(state_dict)
     filter_fn = _resolve_filter(cfg.filter_fn)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)

@@ -57,3 +57,53 @@ def test_a_teacher_file_for_other_classes_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=rf"(?s){weights}.*teacher.checkpoint.*shape mismatch.*gfl_cls"):
         build_teacher(recipe, num_classes=3)
     assert build_teacher(recipe, num_classes=80).num_classes == 80
+
+
+def test_a_training_checkpoint_loads_as_the_weights_its_run_would_save(tmp_path: Path) -> None:
+    """A run's checkpoint.pt (e.g. a teacher part-way through training) loads as a weights file: a
+    plain detector's weights, a distiller's student without its adapters, or the EMA student when the
+    run averages (the weights it evaluates and saves)."""
+    from kdzoo.checkpoint import rng_state, save_checkpoint
+    from kdzoo.engine.build import build_teacher
+    from kdzoo.recipe import recipe_from_dict
+
+    def make(seed: int) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return kdzoo.create_detector("gfl_r18", num_classes=3, fpn_channels=32)
+
+    def save(path: Path, model: torch.nn.Module, **hooks) -> Path:
+        save_checkpoint(path, iteration=7, model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                        scheduler={}, scaler=torch.amp.GradScaler("cpu", enabled=False), rngs=[rng_state()],
+                        recipe={}, hooks=hooks or None)
+        return path
+
+    def load(path: Path) -> dict[str, torch.Tensor]:
+        return kdzoo.create_detector("gfl_r18", pretrained=True, num_classes=3, fpn_channels=32,
+                                     pretrained_cfg_overlay={"file": str(path), "num_classes": 3}).state_dict()
+
+    def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    plain, other = make(0), make(1)
+    assert not same(plain.state_dict(), other.state_dict())
+    assert same(load(save(tmp_path / "plain.pt", plain)), plain.state_dict())
+
+    distiller = torch.nn.Module()  # what a distiller checkpoints: its student and adapters, never the teacher
+    distiller.student, distiller.tap_adapters = plain, torch.nn.ModuleList([torch.nn.Conv2d(8, 32, 1)])
+    assert same(load(save(tmp_path / "kd.pt", distiller)), plain.state_dict())
+
+    ema = save(tmp_path / "ema.pt", plain, ema={"module": other.state_dict(), "updates": 3})
+    assert same(load(ema), other.state_dict())
+
+    recipe = recipe_from_dict({"model": {"name": "gfl_r18"}, "data": {"root": "x"}, "output_dir": str(tmp_path / "o"),
+                               "schedule": {"iters": 1}, "distill": {"method": "crosskd"},
+                               "teacher": {"name": "gfl_r18", "checkpoint": str(tmp_path / "plain.pt"),
+                                           "kwargs": {"fpn_channels": 32}}})
+    assert same(build_teacher(recipe, num_classes=3).state_dict(), plain.state_dict())
+    # an unfinished run directory is refused with the way to use its checkpoint
+    (tmp_path / "running").mkdir()
+    save(tmp_path / "running" / "checkpoint.pt", plain)
+    recipe.teacher.checkpoint = str(tmp_path / "running")
+    with pytest.raises(FileNotFoundError, match=r"not a finished kdzoo run directory.*teacher.checkpoint to its "
+                                                r"checkpoint.pt and teacher.name"):
+        build_teacher(recipe, num_classes=3)

@@ -17,7 +17,7 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..checkpoint import CheckpointError, check_fits
+from ..checkpoint import CHECKPOINT_FILE, CheckpointError, check_fits
 from ..data.coco import CocoDetection, check_images, collate_fn
 from ..distributed import is_distributed, rank, world_size
 from ..recipe import RESUME_SAFE_KEYS, Recipe, RecipeError, ScheduleCfg, format_value, resume_changes
@@ -136,7 +136,8 @@ def build_student(recipe: Recipe, train_ds: CocoDetection) -> nn.Module:
 
 def build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
     """The frozen teacher from ``teacher``: a finished run directory, a bare weights file for
-    ``teacher.name``, or the registered weights of ``teacher.name``."""
+    ``teacher.name`` (a run's ``checkpoint.pt`` too: its weights at that iteration), or the registered
+    weights of ``teacher.name``."""
     from .. import create_detector
     from ..hub import CONFIG_NAME, WEIGHTS_NAME
     from ..pretrained import read_weights_file
@@ -148,7 +149,9 @@ def build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (ckpt / name).is_file():
                 raise FileNotFoundError(f"teacher.checkpoint: {ckpt} is not a finished kdzoo run directory: {name} "
-                                        f"is missing (expected {CONFIG_NAME} + {WEIGHTS_NAME}, written at the end of kdzoo.train)")
+                                        f"is missing (expected {CONFIG_NAME} + {WEIGHTS_NAME}, written at the end of kdzoo.train; to distil "
+                                        f"from a run part-way through, set teacher.checkpoint to its {CHECKPOINT_FILE} and "
+                                        "teacher.name to its architecture)")
         teacher = create_detector(f"local-dir:{ckpt}", pretrained=False, **t.kwargs)
         if t.name and teacher.arch_name != t.name.partition(".")[0]:
             raise RecipeError(f"teacher.name is {t.name!r} but the run directory {ckpt} holds a {teacher.arch_name!r}")
