@@ -32,8 +32,9 @@ teacher) is from them:
         --json docs/teacher_targets_t1200_t2400.json --block teacher-targets
 
 The students are finished run directories of the same data (their ``recipe.yaml`` names it); a
-teacher is a run directory or a registered pretrained name (``gfl_r10t.shapes``, the embedded
-teacher); models run in eval mode on the CPU, batch 8.
+teacher is a run directory, a run's training checkpoint (``checkpoint.pt``: the teacher part-way
+through its schedule, built from the recipe the checkpoint records) or a registered pretrained name
+(``gfl_r10t.shapes``, the embedded teacher); models run in eval mode on the CPU, batch 8.
 """
 from __future__ import annotations
 
@@ -57,10 +58,36 @@ def load_run(run: Path) -> torch.nn.Module:
     return create_detector(f"local-dir:{run}", pretrained=True).eval()
 
 
-def load_teacher(spec: str) -> torch.nn.Module:
-    """A teacher from a run directory or, if ``spec`` is not a directory, a pretrained name."""
+def load_checkpoint_teacher(path: Path, data: CocoDetection) -> torch.nn.Module:
+    """A teacher from a run's training checkpoint (e.g. a copy of ``checkpoint.pt`` taken part-way
+    through its schedule): the detector its recorded recipe builds for ``data``'s classes, with the
+    weights the run would have saved at that iteration."""
+    from kdzoo.checkpoint import check_fits, checkpoint_weights, is_training_checkpoint
+    from kdzoo.engine.build import build_student
+    from kdzoo.pretrained import read_weights_file
+    from kdzoo.recipe import recipe_from_dict
+
+    try:
+        state = read_weights_file(path)
+    except ValueError as e:
+        raise SystemExit(f"--teacher {path}: {e}") from e
+    if not is_training_checkpoint(state):
+        raise SystemExit(f"--teacher {path}: a file must be a training checkpoint written by kdzoo.train "
+                         "(checkpoint.pt); give a finished run directory or a pretrained name otherwise")
+    model = build_student(recipe_from_dict(state["recipe"]), data)
+    weights = checkpoint_weights(state)
+    check_fits(model, weights, f"--teacher {path}", "the detector its recorded recipe builds")
+    model.load_state_dict(weights)
+    return model.eval()
+
+
+def load_teacher(spec: str, data: CocoDetection | None = None) -> torch.nn.Module:
+    """A teacher from a run directory, a run's ``checkpoint.pt`` (for ``data``'s classes) or, if
+    ``spec`` is neither, a pretrained name."""
     if Path(spec).is_dir():
         return load_run(Path(spec))
+    if Path(spec).is_file() and data is not None:
+        return load_checkpoint_teacher(Path(spec), data)
     try:
         return create_detector(spec, pretrained=True).eval()
     except (RuntimeError, ValueError) as e:
@@ -197,7 +224,8 @@ def main() -> None:
     ap.add_argument("--student", type=Path, action="append", required=True,
                     help="a finished student run trained without a teacher (repeat: the table shows the mean and range)")
     ap.add_argument("--teacher", action="append", required=True,
-                    help="a finished teacher run, or a pretrained name such as gfl_r10t.shapes (repeat)")
+                    help="a finished teacher run, a run's training checkpoint (checkpoint.pt, e.g. a copy taken "
+                         "part-way through), or a pretrained name such as gfl_r10t.shapes (repeat)")
     ap.add_argument("--teacher-temperature", nargs=2, type=float, action="append", default=[], metavar=("CLS", "BOX"),
                     help="also measure every teacher with its class / box logits divided by these (repeat)")
     ap.add_argument("--distilled", type=Path, action="append", default=[],
@@ -213,7 +241,7 @@ def main() -> None:
     for cls_t, box_t in args.teacher_temperature:
         if not (cls_t > 0 and box_t > 0):
             raise SystemExit(f"--teacher-temperature {cls_t:g} {box_t:g}: both must be > 0")
-    teachers = {spec: load_teacher(spec) for spec in args.teacher}
+    teachers = {spec: load_teacher(spec, data) for spec in args.teacher}
     temps = [(1.0, 1.0)] + [tuple(t) for t in args.teacher_temperature if tuple(t) != (1.0, 1.0)]
     # results[column][measure]: one value per student; a column is a teacher at one pair of temperatures
     results: dict[str, dict[str, list[float]]] = {teacher_label(t, tt): {} for t in teachers for tt in temps}

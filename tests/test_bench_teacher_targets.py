@@ -181,3 +181,38 @@ def test_table_into_a_docs_block_keeps_its_first_paragraph(bench, tmp_path: Path
     assert "Where these came from, by hand.\n\n| measure |" in text and "| old |" not in text and text.endswith("after\n")
     bench.write_block(page, "new", table, "python benchmarks/bench_teacher_targets.py --x")
     assert "<!-- new:begin -->\nProduced by `python benchmarks/bench_teacher_targets.py --x`.\n\n| measure |" in page.read_text()
+
+
+def test_a_training_checkpoint_is_a_teacher(bench, tmp_path: Path) -> None:
+    """``--teacher`` a run's checkpoint.pt: the detector its recorded recipe builds for the data's
+    classes, with the checkpoint's weights (a teacher part-way through its schedule)."""
+    from types import SimpleNamespace
+
+    from kdzoo.checkpoint import rng_state, save_checkpoint
+    from kdzoo.recipe import recipe_from_dict
+
+    teacher = small(3)
+    recipe = recipe_from_dict({"model": {"name": "gfl_r18", "kwargs": {"fpn_channels": 32, "norm_eval": False,
+                                                                       "frozen_stages": -1}},
+                               "data": {"root": str(tmp_path), "input_size": [SIZE, SIZE]},
+                               "output_dir": str(tmp_path / "run"), "schedule": {"iters": 600}})
+    path = tmp_path / "teacher_it300.pt"
+    save_checkpoint(path, iteration=300, model=teacher, optimizer=torch.optim.SGD(teacher.parameters(), lr=0.1),
+                    scheduler={}, scaler=torch.amp.GradScaler("cpu", enabled=False), rngs=[rng_state()],
+                    recipe=recipe.to_dict())
+    classes = SimpleNamespace(num_classes=3, categories=["a", "b", "c"], label_to_cat_id=[1, 2, 3])
+    loaded = bench.load_teacher(str(path), classes)
+    assert loaded.arch_name == "gfl_r18" and not loaded.training
+    assert loaded.state_dict().keys() == teacher.state_dict().keys()
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in loaded.state_dict().items())
+    images = torch.rand(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = [m.bbox_head.flatten(m.bbox_head(m.extract_feats(images)))["cls"] for m in (loaded, teacher)]
+    assert torch.equal(out[0], out[1])
+    # for other classes the recorded recipe's detector does not take the weights: the error names the file
+    with pytest.raises(Exception, match=str(path)):
+        bench.load_teacher(str(path), SimpleNamespace(num_classes=5, categories=list("abcde"), label_to_cat_id=[1, 2, 3, 4, 5]))
+    other = tmp_path / "weights.pt"
+    torch.save(teacher.state_dict(), other)
+    with pytest.raises(SystemExit, match="must be a training checkpoint written by kdzoo.train"):
+        bench.load_teacher(str(other), classes)
