@@ -76,6 +76,12 @@ INTROS = {  # where each regime's runs come from
                 "`seed=S schedule.iters=2400 eval_interval=300 report=false teacher.checkpoint=` that run, "
                 "`output_dir=runs/shapes_t2400_2400/gfl_{crosskd,mimic,crosskd_pkd}_sS`; the baselines are the 12x rows' (the same "
                 "student recipe, seeds and schedule, taken from docs/distill_t1200x12.json) (CPU)",
+    "t2400mid": "from the plateau teacher's own run stopped half-way: the checkpoint its 2400-iteration run wrote at "
+                "iteration 1200 (60.6 AP; `checkpoint_interval=300`, that `checkpoint.pt` copied to "
+                "`runs/shapes_t2400/gfl_teacher_2400_it1200.pt`), CrossKD from it at 12x the student budget: the CrossKD "
+                "recipe with `seed=S schedule.iters=2400 eval_interval=300 report=false teacher.name=gfl_r10t "
+                "teacher.checkpoint=` that file, `output_dir=runs/shapes_t2400mid_2400/gfl_crosskd_sS`; the baselines are "
+                "the 12x rows' (taken from docs/distill_t1200x12.json) (CPU)",
     "sharp6x": "from the GFL teacher that ships with the package (`gfl_r10t.shapes`: the 58.6-AP, 1200-iteration "
                "teacher of the t1200x6 rows, stored in fp16) at 6x the student budget: the CrossKD recipe with that teacher "
                "(`recipes/shapes/make_run/gfl_crosskd.yaml`) and `seed=S schedule.iters=1200 eval_interval=300 "
