@@ -441,8 +441,10 @@ def transfer_evals(runs_root: Path, data: Path, log=print) -> str:
 def reused_rows(rows: dict, reuse: list[tuple[Path, str]]) -> dict:
     """``rows`` with the rows named in ``reuse`` (a saved ``distill_<tag>.json`` and a row label) added
     where the runs did not give that row: e.g. the 6x-budget baselines for CrossKD from another teacher,
-    whose run directories are gone. Each family keeps the table's order (teacher, baseline, the rest);
-    a reused row records where it came from."""
+    whose run directories are gone. Where the runs give the row for some seeds, the saved row fills in
+    the seeds they lack (new seeds of a row whose earlier runs are gone); a seed in both is the run's, and
+    a saved row of another schedule is an error. Each family keeps the table's order (teacher, baseline,
+    the rest); a reused row, or the seeds taken into one, record where they came from."""
     for path, label in reuse:
         if not path.is_file():
             raise SystemExit(f"--reuse {path}: expected a saved collect result (docs/distill_<tag>.json)")
@@ -451,15 +453,37 @@ def reused_rows(rows: dict, reuse: list[tuple[Path, str]]) -> dict:
         if not found:
             have = sorted({lab for fam in saved.values() for lab in fam})
             raise SystemExit(f"--reuse {path} {label!r}: no such row there (rows: {', '.join(have)})")
+        where = str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
         for f in found:
             fam = rows.setdefault(f, {})
             if label not in fam:
-                where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-                fam[label] = {**saved[f][label], "reused_from": str(where)}
+                fam[label] = {**saved[f][label], "reused_from": where}
                 fam[label].pop("paired", None)
+            else:
+                _fill_seeds(fam[label], saved[f][label], where, f"--reuse {path} {label!r}")
     first = ("teacher", "student baseline")
     return {f: {**{k: fam[k] for k in first if k in fam}, **{k: v for k, v in fam.items() if k not in first}}
             for f, fam in rows.items()}
+
+
+def _fill_seeds(row: dict, saved: dict, where: str, what: str) -> None:
+    """Add to ``row`` (from the runs) the seeds of ``saved`` it lacks, in seed order, with their AP,
+    AP50, curves and kept fractions; ``row["seeds_from"]`` names the file each taken seed came from."""
+    if saved["iters"] != row["iters"]:
+        raise SystemExit(f"{what}: that row is of {saved['iters']} iterations, the runs' of {row['iters']}")
+    extra = [i for i, sd in enumerate(saved["seeds"]) if sd not in row["seeds"]]
+    if not extra:
+        return
+    per_seed = {sd: (ap, ap50) for sd, ap, ap50 in zip(row["seeds"], row["AP"], row["AP50"])}
+    per_seed.update({saved["seeds"][i]: (saved["AP"][i], saved["AP50"][i]) for i in extra})
+    order = sorted(per_seed)
+    row["seeds"], row["AP"], row["AP50"] = order, [per_seed[sd][0] for sd in order], [per_seed[sd][1] for sd in order]
+    for key in ("curves", "kept"):
+        taken = {str(saved["seeds"][i]): saved[key][str(saved["seeds"][i])] for i in extra
+                 if str(saved["seeds"][i]) in saved.get(key, {})}
+        if taken:
+            row[key] = dict(sorted({**row.get(key, {}), **taken}.items(), key=lambda kv: int(kv[0])))
+    row.setdefault("seeds_from", {}).update({str(saved["seeds"][i]): where for i in extra})
 
 
 def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: str = "eval.json",
@@ -700,7 +724,7 @@ def main() -> None:
                                        "models on, instead of their own val set")
     c.add_argument("--reuse", nargs=2, action="append", default=[], metavar=("JSON", "ROW"),
                    help="take the row ROW (e.g. 'student baseline') from a saved docs/distill_<tag>.json where the "
-                        "runs lack it; repeatable")
+                        "runs lack it, or the seeds of that row the runs lack; repeatable")
     r = sub.add_parser("render", help="rewrite a regime's tables in docs/distill_results.md from its saved "
                                       "docs/distill_<tag>.json, without the runs (the block's first paragraph, "
                                       "where the runs came from, and the plots are kept)")

@@ -180,6 +180,35 @@ def test_collect_reuses_a_saved_baseline_row(bench, tmp_path: Path) -> None:
         bench.collect(runs, tmp_path / "docs", "t1200x6", reuse=[(tmp_path / "missing.json", "teacher")])
 
 
+def test_collect_fills_in_the_seeds_a_row_lacks_from_a_saved_row(bench, tmp_path: Path) -> None:
+    """New seeds of a row whose earlier runs are gone: the saved row gives the other seeds."""
+    runs = tmp_path / "runs"
+    for seed, ap in ((1, 33.0), (2, 31.0)):
+        d = runs / f"gfl_crosskd_s{seed}"
+        d.mkdir(parents=True)
+        (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": ap, "AP50": 50.0}))
+        (d / "metrics.jsonl").write_text(json.dumps({"iter": 50, "AP": ap / 2}) + "\n"
+                                         + json.dumps({"iter": 100, "AP": ap}) + "\n")
+    saved = tmp_path / "distill_t2400x12.json"
+    base = {"recipe": "r", "overrides": [], "seeds": [0, 1, 2], "AP": [28.0, 29.0, 30.0], "AP50": [40.0] * 3,
+            "iters": 100, "curves": {str(s): [[50, 10.0 + s], [100, 28.0 + s]] for s in range(3)}}
+    old = {**base, "seeds": [0, 1], "AP": [32.0, 99.0], "AP50": [60.0, 99.0],
+           "curves": {"0": [[50, 14.0], [100, 32.0]], "1": [[50, 99.0], [100, 99.0]]}, "paired": [1.0, 0.0, 2.0]}
+    saved.write_text(json.dumps({"gfl": {"student baseline": base, "CrossKD": old}}))
+    rows = bench.collect(runs, tmp_path / "docs", "t2400x12", reuse=[(saved, "student baseline"), (saved, "CrossKD")])
+    ck = rows["gfl"]["CrossKD"]
+    # seed 0 from the file, seeds 1 and 2 from the runs (the file's seed 1 is not taken)
+    assert ck["seeds"] == [0, 1, 2] and ck["AP"] == [32.0, 33.0, 31.0] and ck["AP50"] == [60.0, 50.0, 50.0]
+    assert list(ck["curves"]) == ["0", "1", "2"] and ck["curves"]["0"] == [[50, 14.0], [100, 32.0]]
+    assert ck["curves"]["1"] == [(50, 16.5), (100, 33.0)] and ck["seeds_from"] == {"0": str(saved)}
+    assert "reused_from" not in ck
+    assert ck["paired"][0] == pytest.approx((4 + 4 + 1) / 3)  # recomputed over all three seeds
+    assert "| CrossKD | 32.0 ± 1.0 | +3.0 [" in bench.table(rows)
+    saved.write_text(json.dumps({"gfl": {"student baseline": base, "CrossKD": {**old, "iters": 200}}}))
+    with pytest.raises(SystemExit, match="'CrossKD': that row is of 200 iterations, the runs' of 100"):
+        bench.collect(runs, tmp_path / "docs", "t2400x12", reuse=[(saved, "CrossKD")])
+
+
 def test_a_finished_run_of_another_schedule_is_not_reused(bench, tmp_path: Path) -> None:
     (tmp_path / "gfl_student_s0").mkdir()
     (tmp_path / "gfl_student_s0" / "eval.json").write_text(json.dumps({"iter": 10, "AP": 0.1}))
