@@ -443,8 +443,8 @@ def reused_rows(rows: dict, reuse: list[tuple[Path, str]]) -> dict:
     where the runs did not give that row: e.g. the 6x-budget baselines for CrossKD from another teacher,
     whose run directories are gone. Where the runs give the row for some seeds, the saved row fills in
     the seeds they lack (new seeds of a row whose earlier runs are gone); a seed in both is the run's, and
-    a saved row of another schedule is an error. Each family keeps the table's order (teacher, baseline,
-    the rest); a reused row, or the seeds taken into one, record where they came from."""
+    a saved row of another schedule is an error. Each family's rows are in the plan's order (teacher,
+    baseline, the rest); a reused row, or the seeds taken into one, record where they came from."""
     for path, label in reuse:
         if not path.is_file():
             raise SystemExit(f"--reuse {path}: expected a saved collect result (docs/distill_<tag>.json)")
@@ -457,13 +457,13 @@ def reused_rows(rows: dict, reuse: list[tuple[Path, str]]) -> dict:
         for f in found:
             fam = rows.setdefault(f, {})
             if label not in fam:
-                fam[label] = {**saved[f][label], "reused_from": where}
+                fam[label] = {"reused_from": where, **saved[f][label]}  # a row reused twice names its first file
                 fam[label].pop("paired", None)
             else:
                 _fill_seeds(fam[label], saved[f][label], where, f"--reuse {path} {label!r}")
-    first = ("teacher", "student baseline")
-    return {f: {**{k: fam[k] for k in first if k in fam}, **{k: v for k, v in fam.items() if k not in first}}
-            for f, fam in rows.items()}
+    order = list(dict.fromkeys(r.label for r in every_run()))  # the plan's: teacher, baseline, the rest
+    rank = lambda label: order.index(label) if label in order else len(order)  # noqa: E731
+    return {f: {k: fam[k] for k in sorted(fam, key=rank)} for f, fam in rows.items()}
 
 
 def _fill_seeds(row: dict, saved: dict, where: str, what: str) -> None:
@@ -483,7 +483,9 @@ def _fill_seeds(row: dict, saved: dict, where: str, what: str) -> None:
                  if str(saved["seeds"][i]) in saved.get(key, {})}
         if taken:
             row[key] = dict(sorted({**row.get(key, {}), **taken}.items(), key=lambda kv: int(kv[0])))
-    row.setdefault("seeds_from", {}).update({str(saved["seeds"][i]): where for i in extra})
+    first = saved.get("seeds_from", {})  # a seed taken twice names its first file
+    row.setdefault("seeds_from", {}).update({str(saved["seeds"][i]): first.get(str(saved["seeds"][i]), where)
+                                             for i in extra})
 
 
 def collect(runs_root: Path, out_dir: Path, tag: str = "converged", eval_name: str = "eval.json",

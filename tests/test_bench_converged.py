@@ -195,7 +195,11 @@ def test_collect_fills_in_the_seeds_a_row_lacks_from_a_saved_row(bench, tmp_path
     old = {**base, "seeds": [0, 1], "AP": [32.0, 99.0], "AP50": [60.0, 99.0],
            "curves": {"0": [[50, 14.0], [100, 32.0]], "1": [[50, 99.0], [100, 99.0]]}, "paired": [1.0, 0.0, 2.0]}
     saved.write_text(json.dumps({"gfl": {"student baseline": base, "CrossKD": old}}))
+    (runs / "gfl_crosskd_pkd_s1").mkdir()  # a row the runs give first is still listed in the plan's order
+    (runs / "gfl_crosskd_pkd_s1" / "eval.json").write_text(json.dumps({"iter": 100, "AP": 40.0, "AP50": 60.0}))
+    (runs / "gfl_crosskd_pkd_s1" / "metrics.jsonl").write_text(json.dumps({"iter": 100, "AP": 40.0}) + "\n")
     rows = bench.collect(runs, tmp_path / "docs", "t2400x12", reuse=[(saved, "student baseline"), (saved, "CrossKD")])
+    assert list(rows["gfl"]) == ["student baseline", "CrossKD", "CrossKD+PKD"]
     ck = rows["gfl"]["CrossKD"]
     # seed 0 from the file, seeds 1 and 2 from the runs (the file's seed 1 is not taken)
     assert ck["seeds"] == [0, 1, 2] and ck["AP"] == [32.0, 33.0, 31.0] and ck["AP50"] == [60.0, 50.0, 50.0]
