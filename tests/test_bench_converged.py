@@ -155,17 +155,25 @@ def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     assert rows["faster_rcnn"]["TADF all, no decay"]["paired"][0] == pytest.approx(2.5)
 
 
+#: A saved baseline row (docs/distill_<tag>.json) of three seeds, 100 iterations, evaluated at 50 and 100.
+_SAVED_BASELINE = {"recipe": "r", "overrides": [], "seeds": [0, 1, 2], "AP": [28.0, 29.0, 30.0], "AP50": [40.0] * 3,
+                   "iters": 100, "curves": {str(s): [[50, 10.0 + s], [100, 28.0 + s]] for s in range(3)}}
+
+
+def _finished_run(d: Path, ap: float) -> None:
+    """A finished 100-iteration run: final AP ``ap`` (AP50 50), half of it at iteration 50."""
+    d.mkdir(parents=True)
+    (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": ap, "AP50": 50.0}))
+    (d / "metrics.jsonl").write_text(json.dumps({"iter": 50, "AP": ap / 2}) + "\n"
+                                     + json.dumps({"iter": 100, "AP": ap}) + "\n")
+
+
 def test_collect_reuses_a_saved_baseline_row(bench, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     for seed, ap in enumerate([30.0, 33.0, 31.0]):
-        d = runs / f"gfl_crosskd_s{seed}"
-        d.mkdir(parents=True)
-        (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": ap, "AP50": 50.0}))
-        (d / "metrics.jsonl").write_text(json.dumps({"iter": 50, "AP": ap / 2}) + "\n"
-                                         + json.dumps({"iter": 100, "AP": ap}) + "\n")
+        _finished_run(runs / f"gfl_crosskd_s{seed}", ap)
     saved = tmp_path / "distill_x6.json"
-    base = {"recipe": "r", "overrides": [], "seeds": [0, 1, 2], "AP": [28.0, 29.0, 30.0], "AP50": [40.0] * 3,
-            "iters": 100, "curves": {str(s): [[50, 10.0 + s], [100, 28.0 + s]] for s in range(3)}}
+    base = _SAVED_BASELINE
     saved.write_text(json.dumps({"gfl": {"student baseline": base, "CrossKD": {**base, "AP": [0.0] * 3}}}))
     rows = bench.collect(runs, tmp_path / "docs", "t1200x6", reuse=[(saved, "student baseline")])
     assert list(rows["gfl"]) == ["student baseline", "CrossKD"]  # the baseline first; the saved CrossKD not taken
@@ -184,20 +192,13 @@ def test_collect_fills_in_the_seeds_a_row_lacks_from_a_saved_row(bench, tmp_path
     """New seeds of a row whose earlier runs are gone: the saved row gives the other seeds."""
     runs = tmp_path / "runs"
     for seed, ap in ((1, 33.0), (2, 31.0)):
-        d = runs / f"gfl_crosskd_s{seed}"
-        d.mkdir(parents=True)
-        (d / "eval.json").write_text(json.dumps({"iter": 100, "AP": ap, "AP50": 50.0}))
-        (d / "metrics.jsonl").write_text(json.dumps({"iter": 50, "AP": ap / 2}) + "\n"
-                                         + json.dumps({"iter": 100, "AP": ap}) + "\n")
+        _finished_run(runs / f"gfl_crosskd_s{seed}", ap)
     saved = tmp_path / "distill_t2400x12.json"
-    base = {"recipe": "r", "overrides": [], "seeds": [0, 1, 2], "AP": [28.0, 29.0, 30.0], "AP50": [40.0] * 3,
-            "iters": 100, "curves": {str(s): [[50, 10.0 + s], [100, 28.0 + s]] for s in range(3)}}
+    base = _SAVED_BASELINE
     old = {**base, "seeds": [0, 1], "AP": [32.0, 99.0], "AP50": [60.0, 99.0],
            "curves": {"0": [[50, 14.0], [100, 32.0]], "1": [[50, 99.0], [100, 99.0]]}, "paired": [1.0, 0.0, 2.0]}
     saved.write_text(json.dumps({"gfl": {"student baseline": base, "CrossKD": old}}))
-    (runs / "gfl_crosskd_pkd_s1").mkdir()  # a row the runs give first is still listed in the plan's order
-    (runs / "gfl_crosskd_pkd_s1" / "eval.json").write_text(json.dumps({"iter": 100, "AP": 40.0, "AP50": 60.0}))
-    (runs / "gfl_crosskd_pkd_s1" / "metrics.jsonl").write_text(json.dumps({"iter": 100, "AP": 40.0}) + "\n")
+    _finished_run(runs / "gfl_crosskd_pkd_s1", 40.0)  # a row the runs give first is still listed in the plan's order
     rows = bench.collect(runs, tmp_path / "docs", "t2400x12", reuse=[(saved, "student baseline"), (saved, "CrossKD")])
     assert list(rows["gfl"]) == ["student baseline", "CrossKD", "CrossKD+PKD"]
     ck = rows["gfl"]["CrossKD"]
