@@ -109,6 +109,12 @@ INTROS = {  # where each regime's runs come from
                "`distill.options.loss_feat_weight=4.0 distill.options.decay=constant`, "
                "`.../faster_rcnn_tadf_w4_nodecay_sS`; without the teacher-wins rule, seed 0: `distill.options.adaptive=false`, "
                "`.../faster_rcnn_tadf_notadaptive_s0`) (CPU)",
+    "frcnn12x": "from the short regime's Faster R-CNN recipes at 12x the budget, as long as the GFL rows that flattened: "
+                "the student and TADF recipes with `seed=S schedule.iters=2400 eval_interval=300 report=false "
+                "checkpoint_interval=300 output_dir=runs/shapes_frcnn_2400/faster_rcnn_{student,tadf}_sS`, TADF from the "
+                "800-iteration teacher of the 3x and 6x rows (the teacher recipe at `schedule.iters=800 eval_interval=200 "
+                "output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher`, linked as `faster_rcnn_teacher` in the runs "
+                "folder) (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
