@@ -114,7 +114,7 @@ INTROS = {  # where each regime's runs come from
                 "checkpoint_interval=300 output_dir=runs/shapes_frcnn_2400/faster_rcnn_{student,tadf}_sS`, TADF from the "
                 "800-iteration teacher of the 3x and 6x rows (the teacher recipe at `schedule.iters=800 eval_interval=200 "
                 "output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher`, linked as `faster_rcnn_teacher` in the runs "
-                "folder) (CPU)",
+                "folder); the feature term alone: `distill.options.terms=[feat]`, `.../faster_rcnn_tadf_feat_sS` (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
