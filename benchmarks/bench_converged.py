@@ -114,7 +114,8 @@ INTROS = {  # where each regime's runs come from
                 "checkpoint_interval=300 output_dir=runs/shapes_frcnn_2400/faster_rcnn_{student,tadf}_sS`, TADF from the "
                 "800-iteration teacher of the 3x and 6x rows (the teacher recipe at `schedule.iters=800 eval_interval=200 "
                 "output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher`, linked as `faster_rcnn_teacher` in the runs "
-                "folder); the feature term alone: `distill.options.terms=[feat]`, `.../faster_rcnn_tadf_feat_sS` (CPU)",
+                "folder); each term alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, "
+                "`.../faster_rcnn_tadf_{feat,cls,reg}_sS` (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
@@ -579,9 +580,12 @@ def versus(rows: dict, other: dict, name: str, other_name: str, pairs: list[tupl
     """Row against row between two saved regimes that differ in one thing (e.g. the teacher): for
     every distilled row both have, the paired per-seed difference ``rows - other`` at the end and at
     every iteration both evaluated, over the seeds both ran. ``pairs`` ((label in ``rows``, label in
-    ``other``)) compares rows of different names too, after those of the same name."""
+    ``other``)) compares rows of different names too, after those of the same name. Within one regime
+    (``name == other_name``, e.g. one term alone against all terms) only ``pairs`` are compared."""
     lines = []
-    same = [(label, label) for fam in rows.values() for label in fam if label not in ("teacher", "student baseline")]
+    within = name == other_name
+    same = [] if within else [(label, label) for fam in rows.values() for label in fam
+                              if label not in ("teacher", "student baseline")]
     for family, fam in rows.items():
         for label, other_label in list(dict.fromkeys(same + list(pairs))):
             r, o = fam.get(label), other.get(family, {}).get(other_label)
@@ -592,10 +596,12 @@ def versus(rows: dict, other: dict, name: str, other_name: str, pairs: list[tupl
             if not seeds:
                 continue
             what = (f"{label}, {name} minus {other_name}" if label == other_label
+                    else f"{label} minus {other_label} ({name})" if within
                     else f"{label} ({name}) minus {other_label} ({other_name})")
+            columns = (other_label, label) if within else (other_name, name)
             lines += [f"{family} {what} (seed{'s' if len(seeds) > 1 else ''} "
                       f"{', '.join(map(str, seeds))}; Δ paired per seed, 95 % interval):", "",
-                      f"| iteration | {other_name} | {name} | Δ | per seed |", "|---|---|---|---|---|"]
+                      f"| iteration | {columns[0]} | {columns[1]} | Δ | per seed |", "|---|---|---|---|---|"]
             ca = {str(sd): dict(r["curves"].get(str(sd), [])) for sd in seeds}
             cb = {str(sd): dict(o["curves"].get(str(sd), [])) for sd in seeds}
             iters = sorted(set.intersection(*(set(ca[k]) & set(cb[k]) for k in ca)))
@@ -778,8 +784,8 @@ def main() -> None:
         rows_arg = "".join(f" --rows '{a}' '{b}'" for a, b in args.rows)
         replace_block(ROOT / args.out / "distill_results.md", f"{args.tag}-vs-{args.against}",
                       f"Produced by `python benchmarks/bench_converged.py versus --tag {args.tag} --against "
-                      f"{args.against}{rows_arg}` (COCO AP in %, the final evaluation and every iteration both regimes "
-                      "evaluated).\n\n" + text)
+                      f"{args.against}{rows_arg}` (COCO AP in %, the final evaluation and every iteration both "
+                      f"{'rows' if args.tag == args.against else 'regimes'} evaluated).\n\n" + text)
         print(text)
         return
     runs_root = (ROOT / args.runs).resolve()

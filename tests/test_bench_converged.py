@@ -370,6 +370,23 @@ def test_versus_pairs_rows_of_different_names(bench, tmp_path: Path) -> None:
     assert "| final | 13.8 | 11.2 | -2.7 [-5.5, +0.2] | -4.0, -2.0, -2.0 |" in out
 
 
+def test_versus_within_one_regime_compares_only_the_named_rows(bench) -> None:
+    def row(aps, curves):
+        return {"seeds": [0, 1, 2][:len(aps)], "AP": aps, "AP50": aps, "iters": 100, "curves": curves}
+
+    rows = {"faster_rcnn": {"TADF all": row([52.0, 54.0], {"0": [[50, 30.0], [100, 52.0]], "1": [[50, 31.0], [100, 54.0]]}),
+                            "TADF feature only": row([51.0, 55.0, 50.0], {"0": [[50, 32.0], [100, 51.0]],
+                                                                          "1": [[50, 34.0], [100, 55.0]]})}}
+    assert bench.versus(rows, rows, "r12", "r12") == ""  # no row against itself
+    text = bench.versus(rows, rows, "r12", "r12", [("TADF feature only", "TADF all")])
+    # Seeds 0 and 1 only: the end -1, +1 (12.706 * 1.414 / sqrt 2 = 12.7); at 50: +2, +3.
+    assert "faster_rcnn TADF feature only minus TADF all (r12) (seeds 0, 1; Δ paired per seed, 95 % interval):" in text
+    assert "| iteration | TADF all | TADF feature only | Δ | per seed |" in text
+    assert "| final | 53.0 | 53.0 | +0.0 [-12.7, +12.7] | -1.0, +1.0 |" in text
+    assert "| 50 | 30.5 | 33.0 | +2.5 [-3.9, +8.9] | +2.0, +3.0 |" in text
+    assert text.count("minus") == 1
+
+
 def test_collect_reads_the_sharpened_teacher_rows(bench, tmp_path: Path) -> None:
     run = {r.name: r for r in bench.every_run()}["gfl_crosskd_sharp_s1"]
     assert (run.label, run.seed, run.overrides) == ("CrossKD, teacher scores at temperature 0.7", 1,
