@@ -771,6 +771,9 @@ def main() -> None:
         for path in saved:
             if not path.is_file():
                 raise SystemExit(f"versus: expected {path}; run `collect` for that regime first")
+        if args.tag == args.against and not args.rows:
+            raise SystemExit(f"versus --tag {args.tag} --against {args.against}: within one regime name the rows to "
+                             "compare with --rows ROW AGAINST_ROW (e.g. --rows 'TADF feature only' 'TADF all')")
         loaded = [json.loads(path.read_text()) for path in saved]
         for label, other_label in args.rows:
             for rows, lbl, tag in ((loaded[0], label, args.tag), (loaded[1], other_label, args.against)):

@@ -370,7 +370,9 @@ def test_versus_pairs_rows_of_different_names(bench, tmp_path: Path) -> None:
     assert "| final | 13.8 | 11.2 | -2.7 [-5.5, +0.2] | -4.0, -2.0, -2.0 |" in out
 
 
-def test_versus_within_one_regime_compares_only_the_named_rows(bench) -> None:
+def test_versus_within_one_regime_compares_only_the_named_rows(bench, tmp_path: Path) -> None:
+    import subprocess
+
     def row(aps, curves):
         return {"seeds": [0, 1, 2][:len(aps)], "AP": aps, "AP50": aps, "iters": 100, "curves": curves}
 
@@ -385,6 +387,18 @@ def test_versus_within_one_regime_compares_only_the_named_rows(bench) -> None:
     assert "| final | 53.0 | 53.0 | +0.0 [-12.7, +12.7] | -1.0, +1.0 |" in text
     assert "| 50 | 30.5 | 33.0 | +2.5 [-3.9, +8.9] | +2.0, +3.0 |" in text
     assert text.count("minus") == 1
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "distill_results.md").write_text("# page\n")
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_converged.py"), "versus", "--tag", "frcnn12x",
+           "--against", "frcnn12x", "--out", str(docs)]
+    (docs / "distill_frcnn12x.json").write_text(json.dumps(rows))
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode != 0 and "within one regime name the rows to compare with --rows" in res.stderr
+    subprocess.run(cmd + ["--rows", "TADF feature only", "TADF all"], check=True, capture_output=True)
+    out = (docs / "distill_results.md").read_text()
+    assert "<!-- frcnn12x-vs-frcnn12x:begin -->" in out and "every iteration both rows evaluated" in out
+    assert "| final | 53.0 | 53.0 | +0.0 [-12.7, +12.7] | -1.0, +1.0 |" in out
 
 
 def test_collect_reads_the_sharpened_teacher_rows(bench, tmp_path: Path) -> None:
