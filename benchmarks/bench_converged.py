@@ -550,7 +550,8 @@ def table(rows: dict) -> str:
                   "|---|---|---|---|---|---|"]
         for label, r in fam.items():
             m = statistics.mean(r["AP"])
-            s = statistics.stdev(r["AP"]) if len(r["AP"]) > 1 else 0.0
+            # one run has no spread: print its AP alone rather than a made-up "± 0.0"
+            spread = f"{m:.1f} ± {statistics.stdev(r['AP']):.1f}" if len(r["AP"]) > 1 else f"{m:.1f} (one run)"
             if "paired" in r:
                 d, lo, hi = r["paired"]
                 delta = f"{d:+.1f} [{lo:+.1f}, {hi:+.1f}]"
@@ -561,7 +562,7 @@ def table(rows: dict) -> str:
             else:
                 delta = ""
             per = ", ".join(f"{v:.1f}" for v in r["AP"])
-            lines.append(f"| {label} | {m:.1f} ± {s:.1f} | {delta} | {statistics.mean(r['AP50']):.1f} | {per} | {r['iters']} |")
+            lines.append(f"| {label} | {spread} | {delta} | {statistics.mean(r['AP50']):.1f} | {per} | {r['iters']} |")
         lines.append("")
         lines += along(fam)
     return "\n".join(lines)

@@ -150,6 +150,8 @@ def test_collect_tables_paired_rows(bench, tmp_path: Path) -> None:
     assert rows["gfl"]["prediction mimicking"]["curves"]["0"] == [(50, 10.5), (100, 21.0)]
     assert "prediction mimicking against the baseline along the way (seed 0 only, no interval):" in text
     assert "| 50 | 10.0 | 10.5 | +0.5 | +0.5 |" in text
+    # one run has no spread: its AP stands alone, not as "21.0 ± 0.0"
+    assert "| prediction mimicking | 21.0 (one run) | +1.0 (seed 0) | 42.0 | 21.0 | 100 |" in text
     assert (tmp_path / "docs" / "distill_curves.png").stat().st_size > 10_000
     # an ablation row (not in the default training plan) is read where its runs exist: differences 2, 3
     assert rows["faster_rcnn"]["TADF all, no decay"]["paired"][0] == pytest.approx(2.5)
