@@ -25,6 +25,11 @@ __all__ = ["atomic_write", "current_umask", "CHECKPOINT_FILE", "CheckpointError"
            "checkpoint_weights", "fits", "check_fits"]
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def kept_checkpoint_name(iteration: int) -> str:
+    """The file a run keeps its checkpoint of ``iteration`` in (recipe key ``keep_checkpoints``)."""
+    return f"checkpoint_iter{iteration}.pt"
 _REQUIRED = ("model", "optimizer", "iteration", "rng")
 
 

@@ -173,6 +173,9 @@ class Recipe:
     # padding changes the features at the smaller images' edges, so the AP would depend on batching.
     eval_batch_size: int = 1
     checkpoint_interval: int = 500  # iterations; the last checkpoint is always written
+    # Iterations whose checkpoint is also kept, as checkpoint_iter{N}.pt beside checkpoint.pt (MMDetection
+    # keeps iter_{N}.pth): a run's state part-way through, e.g. a teacher stopped half-way.
+    keep_checkpoints: list[int] = field(default_factory=list)
     log_interval: int = 20
     teacher: TeacherCfg | None = None
     distill: DistillCfg | None = None
@@ -204,6 +207,12 @@ class Recipe:
         for key in ("batch_size", "eval_batch_size", "log_interval"):
             if getattr(self, key) <= 0:
                 raise RecipeError(f"{key} must be > 0, got {getattr(self, key)}")
+        k = self.keep_checkpoints
+        if any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in k) or k != sorted(set(k)):
+            raise RecipeError(f"keep_checkpoints must be increasing positive iterations, got {k}")
+        if k and s.iters is not None and k[-1] > s.iters:
+            raise RecipeError(f"keep_checkpoints: iteration {k[-1]} is past the end of the schedule "
+                              f"(schedule.iters={s.iters})")
         for key in ("workers", "eval_interval", "checkpoint_interval", "warmup_iters"):
             obj = s if key == "warmup_iters" else self
             if getattr(obj, key) < 0:
@@ -524,6 +533,7 @@ def _resolve(node: ast.expr, fn: Callable[..., Any], env: dict[str, Any], owner:
 #: Every other key (model, data, schedule, batch_size, seed, amp, teacher, distill, ema) defines
 #: the run's weights, and ``--resume`` refuses a change to it.
 RESUME_SAFE_KEYS = frozenset({"output_dir", "workers", "device", "log_interval", "checkpoint_interval",
+                              "keep_checkpoints",
                               "eval_interval", "eval_batch_size", "best", "early_stop", "tensorboard",
                               "report", "data.cache"})
 

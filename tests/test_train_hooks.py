@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import yaml
 
-from kdzoo.checkpoint import CHECKPOINT_FILE
+from kdzoo.checkpoint import CHECKPOINT_FILE, kept_checkpoint_name
 from kdzoo.data.shapes import generate_shapes
 from kdzoo.engine import HookBase, SimpleTrainer, TrainerBase, train
 from kdzoo.engine import launch
@@ -398,6 +398,76 @@ def test_early_stopped_run_resumes_as_complete(shapes: Path, tmp_path: Path, mon
     train(recipe_from_dict({**recipe, "early_stop": None}), resume=True)
     assert torch.load(out / CHECKPOINT_FILE, weights_only=True)["iteration"] == 8
     assert json.loads((out / "eval.json").read_text())["iter"] == 8
+
+
+# ----------------------------------------------------------------------------- kept checkpoints
+def test_keep_checkpoints_keeps_a_copy_that_later_checkpoints_and_a_resume_leave_alone(
+        shapes: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    script_evaluate(monkeypatch, [1.0])
+    # Off the checkpoint period (4): iteration 3 is written because it is kept, then killed before 5.
+    recipe = tiny(shapes, out, schedule={"iters": 6}, checkpoint_interval=4, keep_checkpoints=[3, 6])
+    kill_runs_at(monkeypatch, 4)
+    with pytest.raises(Killed):
+        train(recipe_from_dict(recipe))
+    kept3 = out / kept_checkpoint_name(3)
+    assert kept_checkpoint_name(3) == "checkpoint_iter3.pt"
+    assert torch.load(kept3, weights_only=True)["iteration"] == 3
+    assert torch.load(out / CHECKPOINT_FILE, weights_only=True)["iteration"] == 4  # the period's, after it
+    assert sorted(p.name for p in out.glob("*.pt")) == [CHECKPOINT_FILE, "checkpoint_iter3.pt"]
+    first = kept3.read_bytes()
+
+    monkeypatch.undo()
+    script_evaluate(monkeypatch, [1.0])
+    train(recipe_from_dict(recipe), resume=True)
+    assert kept3.read_bytes() == first  # untouched by the checkpoints after it
+    final = torch.load(out / kept_checkpoint_name(6), weights_only=True)
+    assert final["iteration"] == 6
+    assert (out / kept_checkpoint_name(6)).read_bytes() == (out / CHECKPOINT_FILE).read_bytes()
+    assert not list(out.glob(".*.tmp"))
+
+    # Killed between a kept checkpoint's save and its copy: the resume, which starts from that
+    # checkpoint, makes the copy. Iterations already behind the resume point are reported as lost.
+    run2 = tmp_path / "run2"
+    recipe2 = tiny(shapes, run2, schedule={"iters": 6}, checkpoint_interval=0, keep_checkpoints=[3])
+    kill_runs_at(monkeypatch, 3)
+    with pytest.raises(Killed):
+        train(recipe_from_dict(recipe2))
+    (run2 / kept_checkpoint_name(3)).unlink()
+    ckpt3 = (run2 / CHECKPOINT_FILE).read_bytes()
+    kill_runs_at(monkeypatch, 4)
+    with pytest.raises(Killed):
+        train(recipe_from_dict(recipe2), resume=True)
+    assert (run2 / kept_checkpoint_name(3)).read_bytes() == ckpt3
+    capsys.readouterr()
+    monkeypatch.undo()
+    script_evaluate(monkeypatch, [1.0])
+    train(recipe_from_dict({**recipe2, "keep_checkpoints": [2, 3]}), resume=True)
+    assert "warning: keep_checkpoints [2]: the run is already at iteration 3" in capsys.readouterr().err
+    assert not (run2 / kept_checkpoint_name(2)).exists()
+
+
+def test_keep_checkpoints_validates_and_may_change_on_resume(shapes: Path, tmp_path: Path) -> None:
+    base = tiny(shapes, tmp_path / "run", schedule={"iters": 6})
+    assert recipe_from_dict(base).keep_checkpoints == []
+    for value, message in (([0], "keep_checkpoints must be increasing positive iterations, got \\[0\\]"),
+                           ([4, 2], "got \\[4, 2\\]"), ([2, 2], "got \\[2, 2\\]"),
+                           ([7], "keep_checkpoints: iteration 7 is past the end of the schedule \\(schedule.iters=6\\)")):
+        with pytest.raises(RecipeError, match=message):
+            recipe_from_dict({**base, "keep_checkpoints": value})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(base))
+    assert load_recipe(path, ["keep_checkpoints=[2,5]"]).keep_checkpoints == [2, 5]
+    stored = recipe_from_dict(base).to_dict()
+    assert resume_changes(stored, recipe_from_dict({**base, "keep_checkpoints": [3]})) == []
+    old = {k: v for k, v in stored.items() if k != "keep_checkpoints"}  # a checkpoint from before the key
+    assert resume_changes(old, recipe_from_dict({**base, "keep_checkpoints": [3]})) == []
+    # With epochs the end is known once the data are: 8 images, batch 4, 2 epochs = 4 iterations.
+    by_epochs = tiny(shapes, tmp_path / "ep", schedule={"iters": None, "epochs": 2}, keep_checkpoints=[5])
+    with pytest.raises(RecipeError, match="keep_checkpoints: iteration 5 is past the end of the schedule "
+                                          "\\(2 epochs of 2 iterations = 4\\)"):
+        train(recipe_from_dict(by_epochs))
+    assert not (tmp_path / "ep").exists()
 
 
 # ----------------------------------------------------------------------------- TensorBoard

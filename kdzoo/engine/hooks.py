@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 import time
 from collections import defaultdict
@@ -20,7 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from ..checkpoint import atomic_write, rng_state, save_checkpoint
+from ..checkpoint import atomic_write, kept_checkpoint_name, rng_state, save_checkpoint
 from ..distributed import is_distributed, rank, world_size
 from ..recipe import BestCfg, EarlyStopCfg, EmaCfg, ScheduleCfg
 from .trainer import HookBase
@@ -176,25 +177,38 @@ class PeriodicCheckpointer(HookBase):
     rank 0 writes, with the states of the stateful hooks (:func:`hook_states`). It runs after the
     evaluation of the same iteration, so the checkpoint holds what that evaluation changed (best
     metric, early-stopping count, the RNG its data loader drew from): a resumed run, which does not
-    repeat that evaluation, continues exactly."""
+    repeat that evaluation, continues exactly.
+
+    At the iterations in ``keep`` a checkpoint is written whatever the period, and a copy of it is kept
+    as :func:`~kdzoo.checkpoint.kept_checkpoint_name` beside ``path``; later checkpoints do not replace it."""
 
     def __init__(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                 lr: LRScheduler, recipe: dict[str, Any], period: int, resumed_at: int | None) -> None:
+                 lr: LRScheduler, recipe: dict[str, Any], period: int, resumed_at: int | None,
+                 keep: Sequence[int] = ()) -> None:
         self.path, self.model, self.optimizer, self.scaler, self.lr = path, model, optimizer, scaler, lr
-        self.recipe, self.period, self.last = recipe, period, resumed_at
+        self.recipe, self.period, self.last, self.keep = recipe, period, resumed_at, frozenset(keep)
 
     def before_train(self) -> None:
         if self.last is not None:
             self.trainer.last_checkpoint = (self.path, self.last)
+            if self.last in self.keep and not self._kept(self.last).is_file():
+                self._keep(self.last)  # resumed from that checkpoint: killed between its save and the copy
 
     def after_step(self) -> None:
         it = self.trainer.iter + 1
-        if self.period and it % self.period == 0 and it < self.trainer.max_iter:
+        if ((self.period and it % self.period == 0) or it in self.keep) and it < self.trainer.max_iter:
             self.save(it)
 
     def after_train(self) -> None:
         if self.last != self.trainer.iter:
             self.save(self.trainer.iter)
+
+    def _kept(self, it: int) -> Path:
+        return self.path.with_name(kept_checkpoint_name(it))
+
+    def _keep(self, it: int) -> None:
+        if rank() == 0:
+            atomic_write(self._kept(it), lambda tmp: shutil.copyfile(self.path, tmp))
 
     def save(self, it: int) -> None:
         rngs: list[Any] = [None] * world_size()
@@ -206,6 +220,8 @@ class PeriodicCheckpointer(HookBase):
             save_checkpoint(self.path, iteration=it, model=self.model, optimizer=self.optimizer,
                             scheduler=self.lr.state_dict(it), scaler=self.scaler, rngs=rngs, recipe=self.recipe,
                             hooks=hook_states(self.trainer.hooks))
+        if it in self.keep:
+            self._keep(it)
         self.last = it
         self.trainer.last_checkpoint = (self.path, it)
 

@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..checkpoint import CHECKPOINT_FILE, load_checkpoint, read_checkpoint
+from ..checkpoint import CHECKPOINT_FILE, kept_checkpoint_name, load_checkpoint, read_checkpoint
 from ..distributed import is_distributed, rank, world_size
 from ..recipe import Recipe, RecipeError, save_recipe
 from . import build as B
@@ -50,6 +50,9 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
     s = recipe.schedule
     ipe = B.iters_per_epoch(len(parts.train_ds), recipe.batch_size)
     max_iters = s.iters if s.iters is not None else s.epochs * ipe
+    if recipe.keep_checkpoints and recipe.keep_checkpoints[-1] > max_iters:
+        raise RecipeError(f"keep_checkpoints: iteration {recipe.keep_checkpoints[-1]} is past the end of the "
+                          f"schedule ({s.epochs} epochs of {ipe} iterations = {max_iters})")
     scaler = torch.amp.GradScaler(device.type, enabled=recipe.amp and device.type == "cuda")
     start_iter, resumed_at = 0, None
     hook_state: dict[str, Any] = {}
@@ -60,6 +63,11 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
         del state  # the weights now live in the model and the optimizer (the EMA's, in hook_state)
         if main_proc:
             print(f"resuming {run_dir} from iteration {start_iter}/{max_iters}", file=sys.stderr)
+            missed = [k for k in recipe.keep_checkpoints
+                      if k < start_iter and not (run_dir / kept_checkpoint_name(k)).is_file()]
+            if missed:
+                print(f"warning: keep_checkpoints {missed}: the run is already at iteration {start_iter}, "
+                      "past them; their checkpoints were not kept and cannot be any more", file=sys.stderr)
     else:
         random.seed(recipe.seed + rank())
         np.random.seed(recipe.seed + rank())
@@ -157,7 +165,7 @@ def default_hooks(recipe: Recipe, parts: B.RunParts, scaler: torch.amp.GradScale
         BestCheckpoint(evals, recipe.best, weights, run_dir) if recipe.best is not None else None,
         EarlyStopping(evals, recipe.early_stop, log) if recipe.early_stop is not None else None,
         PeriodicCheckpointer(run_dir / CHECKPOINT_FILE, parts.model, parts.optimizer, scaler, lr, recipe.to_dict(),
-                             recipe.checkpoint_interval, resumed_at),
+                             recipe.checkpoint_interval, resumed_at, keep=recipe.keep_checkpoints),
         RankChecksum(parts.model, log) if is_distributed() else None,
         TensorBoardWriter(log, run_dir) if recipe.tensorboard else None,
     ]
