@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["atomic_write", "current_umask", "CHECKPOINT_FILE", "CheckpointError", "rng_state", "set_rng_state",
+__all__ = ["atomic_write", "current_umask", "CHECKPOINT_FILE", "kept_checkpoint_name", "CheckpointError", "rng_state", "set_rng_state",
            "model_state", "save_checkpoint", "read_checkpoint", "load_checkpoint", "is_training_checkpoint",
            "checkpoint_weights", "fits", "check_fits"]
 
@@ -30,6 +30,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 def kept_checkpoint_name(iteration: int) -> str:
     """The file a run keeps its checkpoint of ``iteration`` in (recipe key ``keep_checkpoints``)."""
     return f"checkpoint_iter{iteration}.pt"
+
+
 _REQUIRED = ("model", "optimizer", "iteration", "rng")
 
 

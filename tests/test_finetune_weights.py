@@ -105,5 +105,6 @@ def test_a_training_checkpoint_loads_as_the_weights_its_run_would_save(tmp_path:
     save(tmp_path / "running" / "checkpoint.pt", plain)
     recipe.teacher.checkpoint = str(tmp_path / "running")
     with pytest.raises(FileNotFoundError, match=r"not a finished kdzoo run directory.*teacher.checkpoint to its "
-                                                r"checkpoint.pt and teacher.name"):
+                                                r"checkpoint.pt \(or a checkpoint_iter\{N\}.pt it kept, recipe key "
+                                                r"keep_checkpoints\) and teacher.name"):
         build_teacher(recipe, num_classes=3)

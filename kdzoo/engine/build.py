@@ -150,7 +150,8 @@ def build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
             if not (ckpt / name).is_file():
                 raise FileNotFoundError(f"teacher.checkpoint: {ckpt} is not a finished kdzoo run directory: {name} "
                                         f"is missing (expected {CONFIG_NAME} + {WEIGHTS_NAME}, written at the end of kdzoo.train; to distil "
-                                        f"from a run part-way through, set teacher.checkpoint to its {CHECKPOINT_FILE} and "
+                                        f"from a run part-way through, set teacher.checkpoint to its {CHECKPOINT_FILE} (or a "
+                                        "checkpoint_iter{N}.pt it kept, recipe key keep_checkpoints) and "
                                         "teacher.name to its architecture)")
         teacher = create_detector(f"local-dir:{ckpt}", pretrained=False, **t.kwargs)
         if t.name and teacher.arch_name != t.name.partition(".")[0]:
