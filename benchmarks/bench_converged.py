@@ -116,6 +116,21 @@ INTROS = {  # where each regime's runs come from
                 "output_dir=runs/shapes_frcnn_600/faster_rcnn_teacher`, linked as `faster_rcnn_teacher` in the runs "
                 "folder); each term alone: `distill.options.terms=[feat]`, `[cls]` or `[reg]`, "
                 "`.../faster_rcnn_tadf_{feat,cls,reg}_sS` (CPU)",
+    "frcnn_t2400x12": "from a Faster R-CNN teacher trained as long as its students, to the flat end of its schedule: "
+                      "the teacher recipe at `schedule.iters=2400 eval_interval=300 report=false checkpoint_interval=300 "
+                      "output_dir=runs/shapes_frcnn_t2400/faster_rcnn_teacher_2400` (63.5 AP; linked as `faster_rcnn_teacher` "
+                      "in the runs folder), TADF from it at 12x the student budget: the TADF recipe with `seed=S "
+                      "schedule.iters=2400 eval_interval=300 report=false checkpoint_interval=300 teacher.checkpoint=` that "
+                      "run, `output_dir=runs/shapes_frcnn_t2400_2400/faster_rcnn_tadf_sS`; the baselines are the frcnn12x "
+                      "rows' (the same student recipe, seeds and schedule, taken from docs/distill_frcnn12x.json) (CPU)",
+    "frcnn_t2400mid": "from the same Faster R-CNN teacher run stopped half-way: the checkpoint it kept at iteration 1200 "
+                      "(57.5 AP; `keep_checkpoints=[1200]`, "
+                      "`runs/shapes_frcnn_t2400/faster_rcnn_teacher_2400/checkpoint_iter1200.pt`), TADF from it at 12x the "
+                      "student budget: the TADF recipe with `seed=S schedule.iters=2400 eval_interval=300 report=false "
+                      "checkpoint_interval=300 teacher.name=faster_rcnn_r18 'teacher.kwargs={fpn_channels: 128, "
+                      "fc_channels: 512, num_rois: 128}' teacher.checkpoint=` that file, "
+                      "`output_dir=runs/shapes_frcnn_t2400mid_2400/faster_rcnn_tadf_sS`; the baselines are the frcnn12x "
+                      "rows' (taken from docs/distill_frcnn12x.json) (CPU)",
     "frcnn_t800": "from the short regime's Faster R-CNN recipes at their 200 iterations with `seed=S eval_interval=100 "
                   "output_dir=runs/shapes_frcnn_t800_200/faster_rcnn_{student,tadf,tadf_feat}_sS`, TADF from the "
                   "800-iteration teacher of the 3x rows (`teacher.checkpoint=runs/shapes_frcnn_600/faster_rcnn_teacher`; "
