@@ -124,8 +124,8 @@ INTROS = {  # where each regime's runs come from
                       "run, `output_dir=runs/shapes_frcnn_t2400_2400/faster_rcnn_tadf_sS`; the baselines are the frcnn12x "
                       "rows' (the same student recipe, seeds and schedule, taken from docs/distill_frcnn12x.json) (CPU)",
     "frcnn_t2400mid": "from the same Faster R-CNN teacher run stopped half-way: the checkpoint it kept at iteration 1200 "
-                      "(57.5 AP; `keep_checkpoints=[1200]`, "
-                      "`runs/shapes_frcnn_t2400/faster_rcnn_teacher_2400/checkpoint_iter1200.pt`), TADF from it at 12x the "
+                      "(57.5 AP; `runs/shapes_frcnn_t2400/faster_rcnn_teacher_2400/checkpoint_iter1200.pt`, the file "
+                      "`keep_checkpoints=[1200]` keeps), TADF from it at 12x the "
                       "student budget: the TADF recipe with `seed=S schedule.iters=2400 eval_interval=300 report=false "
                       "checkpoint_interval=300 teacher.name=faster_rcnn_r18 'teacher.kwargs={fpn_channels: 128, "
                       "fc_channels: 512, num_rois: 128}' teacher.checkpoint=` that file, "
