@@ -102,7 +102,7 @@ def build_dense_detector(
                     stacked_convs=stacked_convs, strides=tuple(s.stride for s in levels),
                     test_cfg=TestCfg(nms_pre=nms_pre, score_thr=score_thr, nms_iou=nms_iou, max_per_img=max_per_img),
                     **head_kwargs)
-    transform = DetectionTransform(size=tuple(input_size or cfg.input_size), train_sizes=train_sizes,
+    transform = DetectionTransform(size=input_size or cfg.input_size, train_sizes=train_sizes,
                                    mean=cfg.mean, std=cfg.std, bgr=cfg.bgr)
     model = DenseDetector(body, neck, head, transform, pretrained_cfg=cfg)
     # Channels-last weights to match the channels-last input (DenseDetector.preprocess): with

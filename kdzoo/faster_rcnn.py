@@ -471,7 +471,7 @@ def build_faster_rcnn(
                   num_samples=num_rois, pos_fraction=roi_pos_fraction,
                   test_cfg=RCNNTestCfg(score_thr, nms_iou, max_per_img),
                   loss_cls_weight=loss_cls_weight, loss_bbox_weight=loss_bbox_weight)
-    transform = DetectionTransform(size=tuple(input_size or cfg.input_size), train_sizes=train_sizes,
+    transform = DetectionTransform(size=input_size or cfg.input_size, train_sizes=train_sizes,
                                    mean=cfg.mean, std=cfg.std, bgr=cfg.bgr)
     return FasterRCNN(body, neck, rpn, roi, transform, pretrained_cfg=cfg)
 

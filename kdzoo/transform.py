@@ -9,7 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DetectionTransform", "ImageBatch", "check_images"]
+__all__ = ["DetectionTransform", "ImageBatch", "as_size", "check_images"]
+
+# How far outside 0..1 an image may go (resampling overshoot, noise augmentation) before it is taken
+# for a 0..255 or an already normalised image, which would give meaningless detections.
+VALUE_TOLERANCE = 0.25
 
 
 @dataclass
@@ -35,6 +39,23 @@ def check_images(images: object) -> None:
             raise TypeError(f"images[{i}] has dtype {img.dtype}; expected a float tensor with values in 0..1")
         if min(img.shape[1:]) < 1:
             raise ValueError(f"images[{i}] is empty: shape {tuple(img.shape)}")
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            continue  # a value check would be data-dependent control flow in a traced graph
+        lo, hi = (float(v) for v in torch.aminmax(img.detach()))
+        if lo < -VALUE_TOLERANCE or hi > 1 + VALUE_TOLERANCE:
+            hint = ("already normalised? pass raw RGB in 0..1; the model applies its own mean and std" if lo < -VALUE_TOLERANCE
+                    else "read on the 0..255 scale? divide by 255")
+            raise ValueError(f"images[{i}] has values in [{lo:.3g}, {hi:.3g}]; expected RGB in 0..1 ({hint})")
+
+
+def as_size(size: object, name: str = "input_size") -> tuple[int, int]:
+    """``(long, short)`` from a pair of positive ints, or ``n`` for ``(n, n)``."""
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if (not isinstance(size, (list, tuple)) or len(size) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise ValueError(f"{name} must be (long, short): two positive ints (or one int for a square), got {size!r}")
+    return int(size[0]), int(size[1])
 
 
 def keep_ratio_size(h: int, w: int, long_side: int, short_side: int) -> tuple[int, int]:
@@ -59,8 +80,8 @@ class DetectionTransform(nn.Module):
         size_divisor: int = 32,
     ) -> None:
         super().__init__()
-        self.size = tuple(size)
-        self.train_sizes = [tuple(s) for s in train_sizes] if train_sizes else None
+        self.size = as_size(size)
+        self.train_sizes = [as_size(s, "train_sizes[]") for s in train_sizes] if train_sizes else None
         self.bgr = bgr
         self.size_divisor = size_divisor
         self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1) / 255.0, persistent=False)
@@ -76,6 +97,7 @@ class DetectionTransform(nn.Module):
         resized, sizes, scales = [], [], []
         new_targets = [] if targets is not None else None
         for i, img in enumerate(images):
+            img = img.to(self.mean.dtype)  # float64 (numpy) or float16 input to the model's dtype
             h, w = img.shape[-2:]
             long_side, short_side = self._target_size()
             nh, nw = keep_ratio_size(h, w, long_side, short_side)

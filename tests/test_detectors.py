@@ -165,6 +165,17 @@ def test_bad_inputs_have_clear_errors():
         m([torch.rand(1, 3, 64, 64)], _targets()[:1])
     with pytest.raises(TypeError, match="dtype torch.uint8"):
         m([torch.zeros(3, 8, 8, dtype=torch.uint8)], _targets()[:1])
+    # values off the 0..1 scale would give meaningless detections: refused, with the likely cause
+    with pytest.raises(ValueError, match=r"images\[0\] has values in \[0, 255\].*divide by 255"):
+        m([torch.linspace(0, 255, 3 * 64 * 64).view(3, 64, 64)], _targets()[:1])
+    with pytest.raises(ValueError, match=r"images\[0\] has values in \[-2, 2.5\].*already normalised"):
+        m.eval()([torch.linspace(-2, 2.5, 3 * 64 * 64).view(3, 64, 64)])
+    m.train()
+    with pytest.raises(ValueError, match=r"input_size must be \(long, short\).*got \(320,\)"):
+        kdzoo.create_detector("gfl_r18", num_classes=2, input_size=(320,))
+    with pytest.raises(ValueError, match=r"train_sizes\[\] must be \(long, short\).*got 'big'"):
+        kdzoo.create_detector("faster_rcnn_r18", num_classes=2, train_sizes=["big"])
+    assert kdzoo.create_detector("gfl_r18", num_classes=2, input_size=256).transform.size == (256, 256)
     with pytest.raises(ValueError, match=r"x2 < x1"):
         m(good, [{"boxes": torch.tensor([[50.0, 10.0, 20.0, 30.0]]), "labels": torch.tensor([0])}])
     with pytest.raises(ValueError, match="below num_classes=3"):
@@ -175,3 +186,16 @@ def test_bad_inputs_have_clear_errors():
         m(good)
     with pytest.raises(ValueError, match="Unknown timm backbone 'resnet_5O'"):
         build_dense_detector(GFLHead, backbone="resnet_5O")
+
+
+@pytest.mark.parametrize("name", ["gfl_r18", "faster_rcnn_r18"])
+def test_float64_images_give_the_float32_detections(name):
+    """A float64 image (numpy's default) runs in the model's dtype, not into a dtype error."""
+    torch.manual_seed(0)
+    kw = {k: v for k, v in SMALL.items() if not (name.startswith("faster") and k == "stacked_convs")}
+    m = kdzoo.create_detector(name, **kw, score_thr=0.0).eval()
+    img = torch.rand(3, 96, 120, dtype=torch.float64)
+    with torch.no_grad():
+        (a,), (b,) = m([img]), m([img.float()])
+    assert a["boxes"].dtype == torch.float32 and len(a["boxes"]) > 0
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
