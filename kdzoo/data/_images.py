@@ -97,6 +97,10 @@ def coco_boxes(coco: dict[str, Any], source: str) -> tuple[list[dict[str, Any]],
     An annotation with an unknown category or a bbox that is not 4 finite numbers raises ValueError."""
     cats = sorted(coco["categories"], key=lambda c: c["id"])
     index = {c["id"]: i for i, c in enumerate(cats)}
+    names = [str(c.get("name", c["id"])) for c in cats]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # YOLO's names and VOC's <name> identify a class by its name: the classes would merge
+        raise ValueError(f"{source}: categories {twice} are named twice; expected one name per category")
     per_image: dict[int, list[dict[str, Any]]] = {}
     for ann in coco.get("annotations", []):
         where = f"{source}: annotation {ann.get('id')} of image {ann.get('image_id')}"
@@ -133,8 +137,9 @@ def load_coco_dict(coco: dict[str, Any] | str | Path) -> tuple[dict[str, Any], s
 
 def source_images(coco: dict[str, Any], images_dir: Path, source: str) -> list[tuple[dict[str, Any], Path, int, int]]:
     """(image entry, file, width, height) for every image of ``coco`` sorted by id. The file must exist
-    under ``images_dir`` (``file_name`` relative, without ``..``); a size missing from the entry is
-    read from the file header."""
+    under ``images_dir`` (``file_name`` relative, without ``..``) with a suffix of ``IMAGE_SUFFIXES``
+    (what the YOLO and VOC readers list). Sizes are read from the file headers; a size the entry
+    gives must match (boxes are normalised by it)."""
     if not images_dir.is_dir():
         raise FileNotFoundError(f"image directory not found: {images_dir} (expected the folder the "
                                 f"file_name entries of {source} are relative to)")
@@ -150,12 +155,17 @@ def source_images(coco: dict[str, Any], images_dir: Path, source: str) -> list[t
         path = images_dir / rel
         if not path.is_file():
             raise FileNotFoundError(f"{source}: image file {path} (image {info.get('id')}) not found")
+        if rel.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{source}: image {info.get('id')} file_name {name!r} has a suffix the YOLO and VOC "
+                             f"readers do not list; expected one of {sorted(IMAGE_SUFFIXES)} (convert the image)")
         rows.append((info, path))
-    need = [p for info, p in rows if not (info.get("width") and info.get("height"))]
-    sizes = dict(zip(need, read_image_sizes(need)))
     out = []
-    for info, path in rows:
-        w, h = (info["width"], info["height"]) if path not in sizes else sizes[path]
+    for (info, path), (w, h) in zip(rows, read_image_sizes([p for _, p in rows])):
+        given = (info.get("width"), info.get("height"))
+        if given != (None, None) and (float(given[0] or 0), float(given[1] or 0)) != (w, h):
+            raise ValueError(f"{source}: image {info.get('id')} ({path}) is {w}x{h} pixels but the annotation gives "
+                             f"width {given[0]}, height {given[1]}; expected the file's own size (boxes would be "
+                             "normalised by the wrong size)")
         out.append((info, path, int(w), int(h)))
     return out
 

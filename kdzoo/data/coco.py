@@ -66,11 +66,57 @@ def load_coco(ann_file: str | Path | dict[str, Any], source: str | None = None) 
     for key in ("images", "annotations", "categories"):
         if not isinstance(data[key], list):
             raise ValueError(f"{where}: '{key}' must be a list, got {type(data[key]).__name__}")
+    _check_entries(data, where)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress noise
         coco.createIndex()
     return coco
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_entries(data: dict[str, Any], where: str) -> None:
+    """The fields kdzoo and pycocotools index by: integer, unique image and category ids, a file name
+    and a positive size where given, a category name, an integer image id on every annotation.
+    Annotations of an image the file does not list are counted in one warning (they are unused)."""
+    files: dict[int, Any] = {}
+    for i, img in enumerate(data["images"]):
+        if not isinstance(img, dict):
+            raise ValueError(f"{where}: images[{i}] is a {type(img).__name__}; expected an object with 'id' and 'file_name'")
+        if not _is_int(img.get("id")):
+            raise ValueError(f"{where}: images[{i}] has id {img.get('id')!r}; expected an integer id")
+        name = img.get("file_name")
+        if "file_name" in img and (not isinstance(name, str) or not name):
+            raise ValueError(f"{where}: image {img['id']} has file_name {name!r}; expected a path relative to the image folder")
+        for key in ("width", "height"):
+            v = img.get(key)
+            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ValueError(f"{where}: image {img['id']} ({name}) has {key} {v!r}; expected a positive number of pixels")
+        if img["id"] in files:
+            raise ValueError(f"{where}: image id {img['id']} is used twice ({files[img['id']]!r} and {name!r}); "
+                             "expected one id per image")
+        files[img["id"]] = name
+    cat_ids: set[int] = set()
+    for i, cat in enumerate(data["categories"]):
+        if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
+            raise ValueError(f"{where}: categories[{i}] is {cat!r}; expected an object with an integer 'id' and a 'name'")
+        if cat["id"] in cat_ids:
+            raise ValueError(f"{where}: category id {cat['id']} is used twice; expected one id per category")
+        cat_ids.add(cat["id"])
+    orphans, example = 0, None
+    for i, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or not _is_int(ann.get("image_id")):
+            got = ann.get("image_id") if isinstance(ann, dict) else ann
+            raise ValueError(f"{where}: annotations[{i}] has image_id {got!r}; expected the integer id of an image")
+        if ann["image_id"] not in files:
+            orphans += 1
+            example = example if example is not None else ann["image_id"]
+    if orphans:
+        _log.warning("%s: %d annotation(s) belong to no listed image (e.g. image_id %r) and are not used",
+                     where, orphans, example)
 
 
 def decode_image(path: str | Path) -> Tensor:

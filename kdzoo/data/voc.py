@@ -248,6 +248,9 @@ def write_voc(coco: dict[str, Any] | str | Path, images_dir: str | Path, out_dir
     stems: dict[str, str] = {}
     for info, path, width, height in rows:
         stem = Path(info["file_name"]).stem
+        if not stem or any(c.isspace() for c in stem):  # ImageSets lists are split on whitespace
+            raise ValueError(f"{source}: image {info.get('id')} file_name {info['file_name']!r} gives the VOC id "
+                             f"{stem!r}; expected a name without spaces (VOC's ImageSets lists split on whitespace)")
         if stem in stems:
             raise ValueError(f"{source}: images {stems[stem]!r} and {info['file_name']!r} would share the VOC id "
                              f"{stem!r}; expected distinct file names without their folder and extension")

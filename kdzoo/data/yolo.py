@@ -139,7 +139,7 @@ def _read_list(list_file: Path) -> list[Path]:
         if not line:
             continue
         p = Path(line)
-        p = p if p.is_absolute() else list_file.parent / p
+        p = Path(os.path.normpath(p if p.is_absolute() else list_file.parent / p))  # 'lists/../images/a.jpg'
         if not p.is_file():
             raise FileNotFoundError(f"{list_file}:{lineno}: image {p} does not exist (relative paths in a YOLO image "
                                     "list are relative to the list file's folder)")
@@ -246,8 +246,8 @@ def read_yolo(data_yaml: str | Path, split: str = "train") -> dict[str, Any]:
     sizes = read_image_sizes(paths)
     images, annotations = [], []
     for image_id, (path, (width, height)) in enumerate(zip(paths, sizes), 1):
-        try:
-            rel = path.relative_to(images_dir).as_posix()
+        try:  # absolute and normalised on both sides: a list may give absolute paths for a relative root
+            rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(images_dir)).as_posix()
         except ValueError:
             rel = os.path.abspath(path)
         images.append({"id": image_id, "file_name": rel, "width": width, "height": height})
@@ -328,9 +328,14 @@ def write_yolo(coco: dict[str, Any] | str | Path, images_dir: str | Path, out_di
     check_not_inside(img_out, images_dir)
     check_not_inside(lbl_out, images_dir)
 
+    def label_of(rel: Path) -> Path:
+        # where read_yolo looks: a file_name with its own 'images' folder (e.g. 'images/a.jpg') has its
+        # label next to that folder's 'labels', not under labels/<split>/
+        return yolo_label_path(img_out / rel) if "images" in rel.parts[:-1] else (lbl_out / rel).with_suffix(".txt")
+
     seen: dict[Path, str] = {}
     for info, *_ in rows:  # checked before anything is written
-        label = (lbl_out / info["file_name"]).with_suffix(".txt")
+        label = label_of(Path(info["file_name"]))
         if label in seen:
             raise ValueError(f"{source}: images {seen[label]!r} and {info['file_name']!r} would share the label file "
                              f"{label}; expected distinct file names without their extension")
@@ -341,7 +346,7 @@ def write_yolo(coco: dict[str, Any] | str | Path, images_dir: str | Path, out_di
     summary = WriteSummary(yaml_path)
     for info, path, width, height in rows:
         rel = Path(info["file_name"])
-        label = (lbl_out / rel).with_suffix(".txt")
+        label = label_of(rel)
         place_image(path, img_out / rel, image_mode)
         lines = []
         for ann in per_image.get(info["id"], []):
