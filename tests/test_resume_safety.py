@@ -225,3 +225,53 @@ def test_save_recipe_follows_a_stricter_umask(tmp_path: Path, shapes: Path) -> N
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+# ----------------------------------------------------------------------------- a run directory without a checkpoint
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_with_files_but_no_checkpoint_is_not_overwritten(run: Path, shapes: Path, tmp_path: Path,
+                                                                  resume: bool) -> None:
+    """A finished run whose checkpoint.pt was deleted to save space, or a folder of the user's: a run
+    starting at iteration 0 would replace model.safetensors, README.md, results.json ... in it."""
+    (run / CHECKPOINT_FILE).unlink()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("# my notes\n")
+    for folder, names in ((run, "README.md, config.json, eval.json, model.safetensors, report and 1 more but"),
+                          (mine, "README.md but")):
+        before = snapshot(folder)
+        with pytest.raises(RecipeError, match=rf"output_dir '{folder}' already holds {names}.* no {CHECKPOINT_FILE}"):
+            train(recipe_from_dict(tiny(shapes, folder)), resume=resume)
+        assert snapshot(folder) == before
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts(shapes: Path, tmp_path: Path) -> None:
+    out = tmp_path / "early"
+    out.mkdir()
+    (out / "recipe.yaml").write_text("{}\n")  # what a run writes before its first checkpoint
+    (out / "metrics.jsonl").write_text('{"iter": 1, "loss": 9.0}\n')
+    (out / ".checkpoint.pt.tmp").write_bytes(b"partial")
+    train(recipe_from_dict(tiny(shapes, out)), resume=True)
+    assert (out / CHECKPOINT_FILE).is_file() and (out / "model.safetensors").is_file()
+    assert not (out / ".checkpoint.pt.tmp").exists()
+    log = (out / "metrics.jsonl").read_text()
+    assert '"loss": 9.0' not in log and '"iter": 2' in log
+
+
+def test_resume_drops_a_metrics_record_cut_off_mid_write(run: Path, shapes: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    log = run / "metrics.jsonl"
+    whole = log.read_text()
+    with open(log, "a") as f:
+        f.write('{"iter": 3, "epoch": 1.5, "lr": 0.0')  # a kill or a full disk mid-append
+    train(recipe_from_dict(tiny(shapes, run)), resume=True)  # finished: only the log is rewritten
+    assert log.read_text() == whole
+    assert f"{log}:{whole.count(chr(10)) + 1}: dropped an unreadable last record" in capsys.readouterr().err
+
+    # A bad line before the last one is not a cut-off write: named, and nothing is rewritten.
+    lines = whole.splitlines()
+    log.write_text("\n".join([lines[0], "{oops", *lines[1:]]) + "\n")
+    before = log.read_text()
+    with pytest.raises(RuntimeError, match=rf"{log}:2: not a JSON record .*fix or remove that line"):
+        train(recipe_from_dict(tiny(shapes, run)), resume=True)
+    assert log.read_text() == before

@@ -9,7 +9,7 @@ import sys
 from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -18,6 +18,7 @@ import yaml
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..checkpoint import CHECKPOINT_FILE, CheckpointError, check_fits
+from ..data.classes import check_class_order
 from ..data.coco import CocoDetection, check_images, collate_fn
 from ..distributed import is_distributed, rank, world_size
 from ..recipe import RESUME_SAFE_KEYS, Recipe, RecipeError, ScheduleCfg, format_value, resume_changes
@@ -61,7 +62,7 @@ def build_run(recipe: Recipe, device: torch.device) -> RunParts:
     if recipe.distill is not None:
         from ..distill import build_distiller
 
-        teacher = build_teacher(recipe, train_ds.num_classes)
+        teacher = build_teacher(recipe, train_ds.num_classes, train_ds.categories)
         distiller = build_distiller(recipe.distill.method, student, teacher, **recipe.distill.options)
     model = distiller if distiller is not None else student
     model.to(device).train()
@@ -134,7 +135,7 @@ def build_student(recipe: Recipe, train_ds: CocoDetection) -> nn.Module:
         raise
 
 
-def build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
+def build_teacher(recipe: Recipe, num_classes: int, categories: Sequence[str] = ()) -> nn.Module:
     """The frozen teacher from ``teacher``: a finished run directory, a bare weights file for
     ``teacher.name`` (a run's ``checkpoint.pt`` too: its weights at that iteration), or the registered
     weights of ``teacher.name``."""
@@ -180,6 +181,11 @@ def build_teacher(recipe: Recipe, num_classes: int) -> nn.Module:
         teacher = create_detector(t.name, pretrained=True, pretrained_cfg_overlay=overlay, **t.kwargs)
     if teacher.num_classes != num_classes:
         raise RecipeError(f"the teacher predicts {teacher.num_classes} classes but the dataset has {num_classes}")
+    try:
+        check_class_order(teacher.pretrained_cfg.categories, categories, f"the teacher ({t.checkpoint or t.name})",
+                          f"the training data ({recipe.data.root})")
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
     return teacher
 
 

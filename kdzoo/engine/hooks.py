@@ -58,8 +58,7 @@ class MetricsLog:
         if not self.enabled:
             return
         if resume_iter is not None and path.is_file():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iter", 0) <= resume_iter]
+            kept = [line for line, record in _read_records(path) if record.get("iter", 0) <= resume_iter]
             atomic_write(path, lambda p: p.write_text("".join(f"{line}\n" for line in kept)))
         elif path.exists():
             path.unlink()
@@ -70,6 +69,28 @@ class MetricsLog:
                 f.write(json.dumps(json_safe(record)) + "\n")
             for sink in self.sinks:
                 sink(record)
+
+
+def _read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of every line of a metrics log. The last line may have been cut off by a kill or a
+    full disk mid-append: it is dropped with a warning (it is past the checkpoint anyway); an unreadable
+    line before it is an error naming the file and the line."""
+    lines = [(n, line) for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1) if line.strip()]
+    out = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError(f"a {type(record).__name__}, not an object")
+        except ValueError as e:
+            if i == len(lines) - 1:
+                print(f"warning: {path}:{n}: dropped an unreadable last record (cut off when the run stopped?): "
+                      f"{line[:80]!r}", file=sys.stderr)
+                break
+            raise RuntimeError(f"{path}:{n}: not a JSON record ({e}); expected one JSON object per line, as "
+                               "kdzoo writes them: fix or remove that line to resume") from e
+        out.append((line, record))
+    return out
 
 
 def json_safe(obj: Any) -> Any:

@@ -29,6 +29,21 @@ __all__ = ["train", "default_hooks", "METRICS_FILE"]
 METRICS_FILE = "metrics.jsonl"
 
 
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """A run that starts at iteration 0 writes model.safetensors, config.json, README.md, results.json ...
+    into ``run_dir``: refuse a folder that holds anything but what a run writes before its first
+    checkpoint (a run killed that early is restarted), so that a finished run whose checkpoint was
+    deleted, or a folder of the user's, is never overwritten."""
+    if not run_dir.is_dir():
+        return
+    restartable = {"recipe.yaml", METRICS_FILE, TENSORBOARD_DIR}
+    held = sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".") and p.name not in restartable)
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise RecipeError(f"output_dir {str(run_dir)!r} already holds {shown} but no {CHECKPOINT_FILE} to resume "
+                          "from; a run starting there would overwrite them: choose another output_dir, or empty it")
+
+
 def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
     """Train (or continue) the run described by ``recipe``; returns the final metrics on rank 0."""
     if recipe.tensorboard:
@@ -44,6 +59,8 @@ def train(recipe: Recipe, *, resume: bool = False) -> dict[str, Any] | None:
     state = read_checkpoint(ckpt_path) if resume and ckpt_path.is_file() else None
     if state is not None:
         B.check_resume(recipe, state, ckpt_path)
+    else:
+        check_fresh_run_dir(run_dir)
     B.ensure_data(recipe)
     parts = B.build_run(recipe, device)
 
