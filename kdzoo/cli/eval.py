@@ -101,7 +101,29 @@ def _check_thresholds(args: argparse.Namespace) -> None:
             raise UsageError(f"{flag} must be in [0, 1], got {v}")
 
 
+def _check_outputs(args: argparse.Namespace, ann: Path) -> None:
+    """--out and --metrics-out are written over: never onto an input (the annotations, --results, the
+    model's files), and not both onto one file."""
+    inputs = {os.path.realpath(ann): f"--ann {str(ann)!r}"}
+    if args.results:
+        inputs[os.path.realpath(args.results)] = f"--results {args.results!r}"
+    if args.model and Path(args.model).exists():
+        m = Path(args.model)
+        for f in (m.iterdir() if m.is_dir() else [m]):
+            inputs.setdefault(os.path.realpath(f), f"a file of --model {args.model!r}")
+    written: dict[str, str] = {}
+    for flag, value in (("--out", args.out), ("--metrics-out", args.metrics_out)):
+        if not value:
+            continue
+        real = os.path.realpath(value)
+        if real in inputs or real in written:
+            raise UsageError(f"{flag} {value!r} is {inputs.get(real) or written[real]}; refusing to write over it: "
+                             "choose another file")
+        written[real] = flag
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..data.classes import check_class_order
     from ..data.coco import CocoDetection, load_coco
     from ..evaluation import evaluate, evaluate_results, format_table, save_results_json, summary_table
     from ..factory import create_detector
@@ -126,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if not root.is_dir():
         raise UsageError(f"--data: dataset directory {str(root)!r} does not exist")
     ann = _resolve(root, args.ann)
+    _check_outputs(args, ann)
     if args.results:
         coco = load_coco(ann)
         try:
@@ -148,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
         if model.num_classes != dataset.num_classes:
             raise ValueError(f"model {args.model!r} predicts {model.num_classes} classes but {ann} has "
                              f"{dataset.num_classes} categories")
+        check_class_order(model.pretrained_cfg.categories, dataset.categories, f"model {args.model!r}", str(ann))
         model.set_inference_precision(None if args.precision == "fp32" else args.precision)
         t0 = time.perf_counter()
         metrics, results = evaluate(model, dataset, batch_size=args.batch_size, workers=args.workers,
@@ -159,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
             if t_model.num_classes != dataset.num_classes:
                 raise ValueError(f"the teacher {str(t_dir)!r} predicts {t_model.num_classes} classes but {ann} has "
                                  f"{dataset.num_classes} categories")
+            check_class_order(t_model.pretrained_cfg.categories, dataset.categories, f"the teacher {str(t_dir)!r}",
+                              str(ann))
             t_model.set_inference_precision(None if args.precision == "fp32" else args.precision)
             _, teacher_results = evaluate(t_model, dataset, batch_size=args.batch_size,
                                                         workers=args.workers, device=args.device, progress=True,
