@@ -14,6 +14,8 @@ Boxes, ``width`` and ``height`` are in the original image's pixels; an image lon
 Your files are never changed: ``--out`` must not be the folder of an input image, and a file
 already in ``--out`` is replaced only when an earlier ``kdzoo.predict`` run wrote it there (its
 ``results.json`` lists it); otherwise nothing is written and the command stops with an error.
+``results.json`` holds the latest run's detections; its ``info.annotated_in_folder`` lists every
+annotated image that ``kdzoo.predict`` runs have written into the folder, this one and earlier ones.
 The same helpers (model loading, image reading, drawing) serve ``demo/app.py``.
 """
 from __future__ import annotations
@@ -352,7 +354,9 @@ def _earlier_outputs(out: Path) -> set[str] | None:
     if not (isinstance(data, dict) and isinstance(data.get("info"), dict) and "model" in data["info"]
             and isinstance(data.get("images"), list)):
         return None
-    return {m["annotated"] for m in data["images"] if isinstance(m, dict) and isinstance(m.get("annotated"), str)}
+    earlier = data["info"].get("annotated_in_folder")
+    return ({m["annotated"] for m in data["images"] if isinstance(m, dict) and isinstance(m.get("annotated"), str)}
+            | {n for n in (earlier if isinstance(earlier, list) else []) if isinstance(n, str)})
 
 
 def check_output_folder(files: Sequence[Path], out_dir: str | Path, names: Sequence[str] | None = None) -> None:
@@ -400,6 +404,7 @@ def predict_files(files: Sequence[Path], loaded: LoadedModel, out_dir: str | Pat
     out = Path(out_dir)
     names = _output_names(files)
     check_output_folder(files, out, names)
+    earlier = _earlier_outputs(out) or set()
     out.mkdir(parents=True, exist_ok=True)
     images_meta, annotations, skipped, notices = [], [], [], []
     bar = tqdm(total=len(files), unit="img", disable=not progress or len(files) < 2, file=sys.stderr)
@@ -428,7 +433,8 @@ def predict_files(files: Sequence[Path], loaded: LoadedModel, out_dir: str | Pat
                 annotations += _coco_annotations(det, image_id, str(path), loaded, len(annotations) + 1)
                 bar.update(1)
     bar.close()
-    result = {"info": {"model": loaded.name, "score_thr": score_thr},
+    in_folder = sorted(earlier | {m["annotated"] for m in images_meta})
+    result = {"info": {"model": loaded.name, "score_thr": score_thr, "annotated_in_folder": in_folder},
               "images": images_meta,
               "categories": [{"id": loaded.category_id(i), "name": n} for i, n in enumerate(loaded.categories)],
               "annotations": annotations}

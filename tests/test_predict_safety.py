@@ -97,6 +97,18 @@ def test_rerun_into_its_own_output_folder_overwrites_its_own_files(photos: Path,
     assert snapshot(photos) == before
 
 
+def test_outputs_of_every_earlier_run_stay_kdzoos(photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """Run on a.png, then on b.jpg, then on a.png again, into one folder: the second run's results.json
+    still owns a.png (the third run used to be refused as if a.png were the user's)."""
+    out = tmp_path / "predictions"
+    for image, owned in (("a.png", ["a.png"]), ("b.jpg", ["a.png", "b.jpg"]), ("a.png", ["a.png", "b.jpg"])):
+        rc, err = run([str(photos / image), "--out", str(out)], capsys)
+        assert rc == 0, err
+        results = json.loads((out / "results.json").read_text())
+        assert [m["annotated"] for m in results["images"]] == [image]  # the latest run's detections
+        assert results["info"]["annotated_in_folder"] == owned
+
+
 def test_files_kdzoo_did_not_write_are_never_overwritten(photos: Path, tmp_path: Path,
                                                          capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "mine"
