@@ -43,8 +43,13 @@ def stage_run_dir(run_dir: str | Path, out_dir: str | Path, *, repo_id: str | No
                   license: str | None = None) -> Path:
     """Turn a training run directory into the folder to publish: the weights are loaded into their
     architecture (which checks them), the last eval record of ``metrics.jsonl`` becomes the card's
-    measured AP and ``recipe.yaml`` the lineage."""
-    run_dir = Path(run_dir)
+    measured AP and ``recipe.yaml`` the lineage. ``out_dir`` must be new or empty: the staged folder is
+    exactly what is uploaded, and nothing already there (the run itself, the user's files) is replaced."""
+    run_dir, out = Path(run_dir), Path(out_dir)
+    if (out.exists() or out.is_symlink()) and not (out.is_dir() and not any(out.iterdir())):
+        held = sorted(p.name for p in out.iterdir())[:5] if out.is_dir() else []
+        raise FileExistsError(f"{out} already exists{' and holds ' + ', '.join(held) if held else ''}; the staged "
+                              "folder must hold only what would be uploaded: give a new or empty folder")
     model = create_detector(run_dir, pretrained=True)
     recipe = run_dir / "recipe.yaml"
     metrics = last_eval_metrics(run_dir / "metrics.jsonl")

@@ -158,6 +158,15 @@ def test_publish_cli_dry_run(run_dir, tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "dry").iterdir()) == ["README.md", "config.json", "model.safetensors", "recipe.yaml"]
     assert publish_main([str(tmp_path / "nope"), "--repo-id", "kdzoo-test/x", "--dry-run", str(tmp_path / "d2")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    # the staged folder is what would be uploaded: a folder with files in it (the user's, the run itself) is refused
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "README.md").write_text("my notes\n")
+    for target in (mine, d, tmp_path / "dry"):
+        before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+        assert publish_main([str(d), "--repo-id", "kdzoo-test/x", "--dry-run", str(target)]) == 2
+        assert f"{target} already exists and holds " in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
 
 
 # ------------------------------------------------------------------------------ bad inputs
