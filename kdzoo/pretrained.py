@@ -393,7 +393,8 @@ def load_pretrained(model: nn.Module, cfg: PretrainedCfg, *, num_classes: int | 
     filter_fn = _resolve_filter(cfg.filter_fn)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)
-    source = f"weights of {cfg.architecture}.{cfg.tag}"
+    where = cfg.file or (f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else None) or cfg.url
+    source = f"weights of {_display_name(cfg)}" + (f" ({where})" if where else "")
     if num_classes is None or not cfg.num_classes or num_classes == cfg.num_classes:
         load_state_dict_checked(model, state_dict, source=source)
         return

@@ -157,7 +157,24 @@ def test_read_image_modes_and_huge_images(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- embedded checkpoints
-def test_embed_run_registers_fp16_checkpoint(run_dir: Path, model: torch.nn.Module, tmp_path: Path) -> None:
+@pytest.fixture
+def registry_restored():
+    """The registry as it was before the test: a tag registered here must not show in other tests
+    (hubconf's docstrings list every registered tag)."""
+    from kdzoo import embedded, registry
+
+    pretrained = {arch: dict(tags) for arch, tags in registry._pretrained.items()}
+    not_default, registered = set(registry._not_default), list(embedded._registered)
+    yield
+    registry._pretrained.clear()
+    registry._pretrained.update(pretrained)
+    registry._not_default.clear()
+    registry._not_default.update(not_default)
+    embedded._registered[:] = registered
+
+
+def test_embed_run_registers_fp16_checkpoint(run_dir: Path, model: torch.nn.Module, tmp_path: Path,
+                                             registry_restored: None) -> None:
     from safetensors.torch import load_file
 
     import os
