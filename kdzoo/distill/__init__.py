@@ -11,6 +11,8 @@ The teacher is deliberately *not* a submodule: it stays out of ``state_dict()``,
 """
 from __future__ import annotations
 
+import math
+
 import difflib
 from typing import Any, Callable, TypeVar
 
@@ -23,6 +25,17 @@ __all__ = ["Distiller", "register_distiller", "build_distiller", "list_distiller
 
 _DISTILLERS: dict[str, type["Distiller"]] = {}
 D = TypeVar("D", bound=type["Distiller"])
+
+
+def check_weight(name: str, value: object) -> float:
+    """A loss weight (or any scale that must not flip a loss's sign): a finite number >= 0."""
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number >= 0, got {value!r}") from None
+    if isinstance(value, bool) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0 (a negative weight maximises its loss), got {value!r}")
+    return v
 
 
 class Distiller(nn.Module):
@@ -39,6 +52,12 @@ class Distiller(nn.Module):
                             f"and {type(teacher).__name__}")
         if student is teacher:
             raise ValueError("student and teacher are the same object; pass a separate (e.g. deep-copied) teacher")
+        t_tensors = {id(t) for t in (*teacher.parameters(), *teacher.buffers())}
+        shared = [n for n, t in (*student.named_parameters(), *student.named_buffers()) if id(t) in t_tensors]
+        if shared:  # freezing the teacher would freeze these parts of the student too
+            raise ValueError(f"student and teacher share {len(shared)} parameter(s)/buffer(s), e.g. {shared[:3]} (a "
+                             "module assigned to both, or a shallow copy); the teacher is frozen, so these would stop "
+                             "training: give the teacher its own copy (copy.deepcopy)")
         self.student = student
         teacher.eval()
         teacher.requires_grad_(False)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..criterion import Assignment
 from ..dense_head import DenseHead, LevelOutputs
 from ..detector import check_targets
-from . import Distiller, register_distiller, teacher_inputs
+from . import Distiller, check_weight, register_distiller, teacher_inputs
 
 __all__ = [
     "CrossKD",
@@ -165,13 +165,26 @@ class CrossKD(Distiller):
         self.mode = mode
         self.cross_head, self.mimic, self.pkd = "crosskd" in parts, "mimic" in parts, "pkd" in parts
         defaults = s_head.kd_defaults
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
+            raise ValueError(f"layer must be an integer (the head conv after which to cross), got {layer!r}")
         self.layer = int(defaults["layer"] if layer is None else layer)
         depth = min(s_head.stacked_convs, t_head.stacked_convs)
         if self.cross_head and not 0 <= self.layer <= depth:
             raise ValueError(f"layer must be in [0, {depth}] (student stacked_convs {s_head.stacked_convs}, "
                              f"teacher stacked_convs {t_head.stacked_convs}), got {self.layer}")
         given = {"cls": loss_cls_weight, "reg": loss_reg_weight, "centerness": loss_centerness_weight, "pkd": loss_pkd_weight}
-        self.loss_weights = {k: float(defaults[k] if v is None else v) for k, v in given.items()}
+        self.loss_weights = {k: check_weight(f"loss_{k}_weight", defaults[k] if v is None else v) for k, v in given.items()}
+        check_weight("beta", beta)
+        if loss_pkd_weight is not None and not self.pkd:
+            raise ValueError(f"loss_pkd_weight applies to the modes with PKD ({[m for m in MODES if 'pkd' in m]}); "
+                             f"mode is {mode!r}: set mode to switch PKD on, or leave the weight out")
+        if loss_centerness_weight is not None and not s_head.has_centerness:
+            raise ValueError(f"loss_centerness_weight applies to heads with a centerness branch (ATSS, FCOS); the "
+                             f"{type(s_head).__name__} head has none")
+        if s_head.reg_distribution_bins is None and (temperature != 1 or kl_bin_reduction != "sum"):
+            raise ValueError(f"temperature and kl_bin_reduction apply to box distributions (GFL); the "
+                             f"{type(s_head).__name__} head regresses boxes directly, got temperature={temperature}, "
+                             f"kl_bin_reduction={kl_bin_reduction!r}")
         for name, value in (("temperature", temperature), ("teacher_cls_temperature", teacher_cls_temperature),
                             ("teacher_reg_temperature", teacher_reg_temperature)):
             if not value > 0:

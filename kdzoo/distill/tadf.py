@@ -30,7 +30,7 @@ from ..detector import DenseDetector, check_targets
 from ..distributed import reduce_mean
 from ..faster_rcnn import FasterRCNN, RoIHead
 from ..retinanet import RetinaHead
-from . import Distiller, register_distiller, teacher_inputs
+from . import Distiller, check_weight, register_distiller, teacher_inputs
 
 __all__ = [
     "TADF",
@@ -200,13 +200,23 @@ class TADF(Distiller):
         unknown = [t for t in terms if t not in TERMS]
         if unknown:
             raise ValueError(f"terms must be a subset of {TERMS}, got unknown {unknown}")
+        if not terms:
+            raise ValueError(f"terms must name at least one of {TERMS}, got none: without a term the teacher would run "
+                             "every step and teach nothing (train the student recipe for a baseline)")
         decay_factor(0.0, decay)  # validates the name
-        if temperature <= 0:
+        if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if not (isinstance(sigma_ratio, (int, float)) and math.isfinite(sigma_ratio) and sigma_ratio > 0):
+            raise ValueError(f"sigma_ratio must be > 0 (the Gaussian's sigma as a share of the box size), got {sigma_ratio!r}")
+        check_weight("smooth_l1_beta", smooth_l1_beta)
+        if not (isinstance(reg_margin, (int, float)) and math.isfinite(reg_margin)):
+            raise ValueError(f"reg_margin must be a finite number, got {reg_margin!r}")
         if reg_loss not in ("l1", "smooth_l1"):
             raise ValueError(f"reg_loss must be 'l1' or 'smooth_l1', got {reg_loss!r}")
         self.terms = terms
-        self.loss_weights = {"feat": float(loss_feat_weight), "cls": float(loss_cls_weight), "reg": float(loss_reg_weight)}
+        self.loss_weights = {"feat": check_weight("loss_feat_weight", loss_feat_weight),
+                             "cls": check_weight("loss_cls_weight", loss_cls_weight),
+                             "reg": check_weight("loss_reg_weight", loss_reg_weight)}
         self.decay, self.adaptive, self.temperature = decay, adaptive, temperature
         self.sigma_ratio, self.reg_margin, self.reg_loss, self.smooth_l1_beta = sigma_ratio, reg_margin, reg_loss, smooth_l1_beta
         self.adapter = nn.Conv2d(student.neck.out_channels, teacher.neck.out_channels, 1) if "feat" in terms else None
