@@ -39,9 +39,12 @@ def check_images(images: object) -> None:
             raise TypeError(f"images[{i}] has dtype {img.dtype}; expected a float tensor with values in 0..1")
         if min(img.shape[1:]) < 1:
             raise ValueError(f"images[{i}] is empty: shape {tuple(img.shape)}")
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            continue  # a value check would be data-dependent control flow in a traced graph
-        lo, hi = (float(v) for v in torch.aminmax(img.detach()))
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return  # a value check would be data-dependent control flow in a traced graph
+    # every image's (min, max) in one transfer: one device sync per batch, not one per image
+    per_image = [torch.stack(torch.aminmax(img.detach())).float() for img in images]
+    ranges = torch.stack([r.to(per_image[0].device) for r in per_image]).tolist()
+    for i, (lo, hi) in enumerate(ranges):
         if lo < -VALUE_TOLERANCE or hi > 1 + VALUE_TOLERANCE:
             hint = ("already normalised? pass raw RGB in 0..1; the model applies its own mean and std" if lo < -VALUE_TOLERANCE
                     else "read on the 0..255 scale? divide by 255")
