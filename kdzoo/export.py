@@ -314,8 +314,8 @@ class ExportedDetector(nn.Module):
             raise RuntimeError("an exported detector runs inference only (no targets, no training mode)")
         _check_image_list(images)
         images = [img.detach().cpu() for img in images]
-        if self.dynamic_batch:
-            return self.run_batch(images)
+        if self.dynamic_batch:  # the graph takes at most MAX_BATCH images: larger batches run in chunks
+            return [det for i in range(0, len(images), MAX_BATCH) for det in self.run_batch(images[i:i + MAX_BATCH])]
         return [det for img in images for det in self.run_batch([img])]
 
     def extra_repr(self) -> str:
@@ -600,10 +600,46 @@ def _example_inputs(input_size: tuple[int, int], divisor: int, dynamic_batch: bo
     return images, sizes
 
 
+def _earlier_exports(out_dir: Path) -> dict[str, str] | None:
+    """The files an earlier ``kdzoo.export`` wrote into ``out_dir`` (its kdzoo_export.json's ``files``); an
+    empty dict without that file, None when there is one that kdzoo.export did not write."""
+    side = out_dir / SIDE_FILE
+    if not side.exists() and not side.is_symlink():
+        return {}
+    try:
+        data = json.loads(side.read_text()) if side.is_file() and not side.is_symlink() else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    files = data.get("files") if isinstance(data, dict) and isinstance(data.get("metadata"), dict) else None
+    return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else None
+
+
+def check_export_folder(out_dir: Path, planned: Sequence[str]) -> None:
+    """Raise :class:`ExportError`, before anything is written, when exporting into ``out_dir`` would
+    replace a file that an earlier ``kdzoo.export`` did not write there, or turn a model folder
+    (config.json + model.safetensors, which loads as the export once it holds kdzoo_export.json)."""
+    if (out_dir.exists() or out_dir.is_symlink()) and not out_dir.is_dir():
+        raise ExportError(f"{out_dir} exists and is not a folder; give a folder or a file name for the export")
+    if not out_dir.is_dir():
+        return
+    model_files = [n for n in ("config.json", "model.safetensors") if (out_dir / n).exists()]
+    if model_files:
+        raise ExportError(f"{out_dir} is a model folder ({', '.join(model_files)}); an export there would load "
+                          "in its place: export into another folder")
+    ours = _earlier_exports(out_dir)
+    if ours is None:
+        raise ExportError(f"{out_dir} holds a {SIDE_FILE} that kdzoo.export did not write; refusing to replace it: "
+                          "export into another folder")
+    for name in planned:
+        path = out_dir / name
+        if (path.exists() or path.is_symlink()) and name not in ours:
+            raise ExportError(f"{path} exists and was not written by kdzoo.export; refusing to overwrite it: "
+                              "export into another folder")
+
+
 def _write_side_file(out_dir: Path, metadata: dict[str, Any], files: list[Path], parity: ParityReport | None) -> None:
     side = out_dir / SIDE_FILE
-    existing = json.loads(side.read_text()) if side.is_file() else {}
-    exports = existing.get("files", {})
+    exports = _earlier_exports(out_dir) or {}
     for f in files:
         exports[f.name] = {".onnx": "onnx", ".pt2": "torch"}.get(f.suffix, "openvino")
     data = {"metadata": metadata, "files": exports, "parity": parity.to_dict() if parity else None}
@@ -644,6 +680,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx", *, d
         raise ExportError(f"{path}: a {fmt} export is written as a folder or a *{suffix} file")
     else:
         out_dir, file_name = path, FILE_NAMES[fmt]
+    planned = [file_name] + ([FILE_NAMES["onnx"], Path(file_name).with_suffix(".bin").name] if fmt == "openvino" else [])
+    check_export_folder(out_dir, planned)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / file_name
 
@@ -749,6 +787,10 @@ def _export_onnx(graph: nn.Module, example, dynamic, path: Path, opset: int, met
         for q, level in zip(quiet, levels):
             q.setLevel(level)
     proto = program.model_proto
+    produced = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if produced != opset:  # the exporter falls back to its own opset when it cannot convert (a warning only)
+        raise ExportError(f"the ONNX exporter of torch {torch.__version__} produced opset {produced}, not the requested "
+                          f"{opset}; export with --opset {produced} (or leave it out: {DEFAULT_OPSET})")
     del proto.metadata_props[:]
     entries = {METADATA_KEY: json.dumps(metadata), "architecture": metadata["architecture"], "tag": metadata["tag"],
                "classes": json.dumps(metadata["classes"]), "kdzoo_version": metadata["kdzoo_version"],

@@ -140,7 +140,12 @@ class ExportableDetector(nn.Module):
         if not self.two_stage and not isinstance(getattr(model, "bbox_head", None), DenseHead):
             raise TypeError(f"cannot export {type(model).__name__}: expected a kdzoo dense detector or Faster R-CNN")
         cfg = model.roi_head.test_cfg if self.two_stage else model.bbox_head.test_cfg
-        self.max_per_img = int(max_per_img or cfg.max_per_img)
+        if max_per_img is not None and (isinstance(max_per_img, bool) or not isinstance(max_per_img, int)
+                                        or max_per_img < 1):
+            raise ValueError(f"max_per_img must be a positive integer (detections kept per image), got {max_per_img!r}")
+        if score_thr is not None and not 0.0 <= float(score_thr) < 1.0:
+            raise ValueError(f"score_thr must be in [0, 1) (a threshold of 1 or more keeps no detection), got {score_thr!r}")
+        self.max_per_img = int(cfg.max_per_img if max_per_img is None else max_per_img)
         self.score_thr = float(cfg.score_thr if score_thr is None else score_thr)
         self.rcnn_nms_pre = int(rcnn_nms_pre)
         t = model.transform

@@ -395,3 +395,80 @@ def test_missing_optional_package_names_the_extra(missing, fmt, extra, tmp_path,
     assert not list(tmp_path.iterdir())  # checked before anything is traced or written
     assert export_main([STUDENT, "--format", fmt, "--out", str(tmp_path)]) == 2
     assert f"pip install '{extra}'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ the export folder, options, batches
+def test_batches_above_the_graph_limit_run_in_chunks(student, monkeypatch):
+    runner = kdzoo.load_exported(student["out"])
+    images = scenes(3, seed=4) + scenes(2, seed=5)
+    # padding depends on the batch, so the reference is each chunk run as its own batch
+    expected = [det for i in (0, 2, 4) for det in runner.run_batch(images[i:i + 2])]
+    monkeypatch.setattr(kexport, "MAX_BATCH", 2)  # 5 images: chunks of 2, 2 and 1
+    chunks: list[int] = []
+    run_batch = runner.run_batch
+    monkeypatch.setattr(runner, "run_batch", lambda imgs: chunks.append(len(imgs)) or run_batch(imgs))
+    assert len(runner(images)) == 5
+    assert chunks == [2, 2, 1]
+    for a, b in zip(runner(images), expected):
+        assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["labels"], b["labels"])
+
+
+def test_export_never_replaces_files_it_did_not_write(tmp_path):
+    model = tiny("gfl")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "model.onnx").write_text("mine\n")
+    folder = tmp_path / "modelfolder"
+    kdzoo.save_pretrained(model, folder)
+    side = tmp_path / "side"
+    side.mkdir()
+    (side / kexport.SIDE_FILE).write_text('["user data"]\n')
+    for out, message in ((mine, r"model.onnx exists and was not written by kdzoo.export"),
+                         (folder, r"is a model folder \(config.json, model.safetensors\)"),
+                         (side, rf"holds a {kexport.SIDE_FILE} that kdzoo.export did not write")):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(kexport.ExportError, match=message):
+            kexport.export(model, out, "onnx", check=False)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_earlier_exports_own_files_are_replaced(student):
+    ours = kexport._earlier_exports(student["out"])
+    assert ours == {"model.onnx": "onnx"}
+    kexport.check_export_folder(student["out"], ["model.onnx"])  # its own file: no refusal
+    with pytest.raises(kexport.ExportError, match="model.pt2"):
+        (student["out"] / "model.pt2").write_text("mine\n")
+        kexport.check_export_folder(student["out"], ["model.pt2"])
+    (student["out"] / "model.pt2").unlink()
+
+
+@pytest.mark.parametrize("kwargs, message", [({"max_per_img": 0}, "max_per_img must be a positive integer"),
+                                             ({"max_per_img": -3}, "max_per_img must be a positive integer"),
+                                             ({"score_thr": 2.0}, r"score_thr must be in \[0, 1\)")])
+def test_export_postprocess_options_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ExportableDetector(tiny("gfl"), **kwargs)
+
+
+def test_predict_notes_a_threshold_below_the_graphs(student, tmp_path, capsys):
+    img = tmp_path / "in" / "a.png"
+    img.parent.mkdir()
+    from PIL import Image
+
+    Image.fromarray((scenes(1)[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(img)
+    assert predict_cli([str(img), "--model", str(student["out"] / "model.onnx"), "--out", str(tmp_path / "p"),
+                         "--score-thr", "0.1"]) == 0
+    assert f"note: the exported graph keeps only scores >= {THR:g} and at most 100 boxes" in capsys.readouterr().err
+
+
+def test_an_opset_the_exporter_cannot_produce_is_an_error(tmp_path, monkeypatch):
+    """torch's dynamo exporter falls back to its own opset with only a warning: the file is read back."""
+    real = torch.onnx.export
+
+    def fallback(*args, **kwargs):
+        return real(*args, **{**kwargs, "opset_version": kexport.DEFAULT_OPSET})
+
+    monkeypatch.setattr(torch.onnx, "export", fallback)
+    with pytest.raises(kexport.ExportError, match=rf"produced opset {kexport.DEFAULT_OPSET}, not the requested 17"):
+        kexport.export(tiny("gfl"), tmp_path / "x", "onnx", opset=17, check=False)
+    assert not (tmp_path / "x" / "model.onnx").exists()
