@@ -11,9 +11,8 @@ The teacher is deliberately *not* a submodule: it stays out of ``state_dict()``,
 """
 from __future__ import annotations
 
-import math
-
 import difflib
+import math
 from typing import Any, Callable, TypeVar
 
 import torch
