@@ -318,6 +318,11 @@ class ExportedDetector(nn.Module):
             return [det for i in range(0, len(images), MAX_BATCH) for det in self.run_batch(images[i:i + MAX_BATCH])]
         return [det for img in images for det in self.run_batch([img])]
 
+    @property
+    def graph_limits(self) -> tuple[float | None, int | None]:
+        """(score threshold, max detections an image) fixed in the graph at export time."""
+        return self.metadata.get("postprocess", {}).get("score_thr"), self.metadata.get("outputs", {}).get("max_per_img")
+
     def extra_repr(self) -> str:
         return f"path={str(self.path)!r}, backend={self.backend!r}, architecture={self.arch_name!r}"
 

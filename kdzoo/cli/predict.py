@@ -40,9 +40,8 @@ def run(args: argparse.Namespace) -> int:
     check_output_folder(files, args.out)  # before the model loads: a refusal comes at once
     loaded = load_model_for_backend(args.model, args.backend, device)
     print(f"model {describe_model(loaded)}", file=sys.stderr)
-    baked = getattr(loaded.model, "metadata", None)
-    if isinstance(baked, dict) and "postprocess" in baked:  # an exported graph: its thresholds are fixed
-        graph_thr, cap = baked["postprocess"].get("score_thr"), baked.get("outputs", {}).get("max_per_img")
+    if hasattr(loaded.model, "graph_limits"):  # an exported graph: its thresholds are fixed
+        graph_thr, cap = loaded.model.graph_limits
         if graph_thr is not None and args.score_thr < graph_thr:
             print(f"note: the exported graph keeps only scores >= {graph_thr:g} and at most {cap} boxes an image "
                   f"(set at export: kdzoo export --score-thr/--max-per-img); --score-thr {args.score_thr:g} cannot "
